@@ -1,0 +1,1 @@
+//! The contract between the CNI plugin and the agent.

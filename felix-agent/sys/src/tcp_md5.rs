@@ -1,0 +1,1 @@
+//! TCP MD5 signatures (RFC 2385) on BGP sockets.

@@ -1,0 +1,1 @@
+//! Helpers for system tests that run in real network namespaces.
