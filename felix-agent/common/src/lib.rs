@@ -1,1 +1,5 @@
-//! The contract between the CNI plugin and the agent.
+//! The contract shared by the CNI plugin (`tabby`) and the node agent
+//! (`tabby-agent`): interface naming, endpoint records, node-local IPAM, the
+//! blocks file and the agent socket protocol.
+
+pub mod ipam;
