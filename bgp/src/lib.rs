@@ -1,1 +1,5 @@
-//! tabby's BGP speaker.
+//! tabby's BGP speaker: a pure wire codec ([`packet`]), a sans-IO session
+//! state machine ([`fsm`]), the RIB with the decision process ([`rib`]), a
+//! thin tokio driver ([`speaker`]) and a kernel route installer ([`fib`]).
+
+pub mod packet;
