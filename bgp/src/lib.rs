@@ -2,4 +2,5 @@
 //! state machine ([`fsm`]), the RIB with the decision process ([`rib`]), a
 //! thin tokio driver ([`speaker`]) and a kernel route installer ([`fib`]).
 
+pub mod fsm;
 pub mod packet;
