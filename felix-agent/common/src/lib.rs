@@ -2,4 +2,7 @@
 //! (`tabby-agent`): interface naming, endpoint records, node-local IPAM, the
 //! blocks file and the agent socket protocol.
 
+pub mod agent;
+pub mod endpoint;
 pub mod ipam;
+pub mod naming;

@@ -1,4 +1,11 @@
 //! Kernel access for tabby: network namespaces, netlink, sysctls and socket
-//! options. Every syscall the project makes goes through this crate.
+//! options. Every syscall the project makes goes through this crate, so the
+//! rest of the workspace stays safe code over plain values.
 
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;
 pub mod tcp_md5;
+
+pub use netlink::{LinkSummary, Netlink, NetlinkError, RouteSpec};
+pub use netns::{NetNs, NetNsError, NetNsGuard};

@@ -1,0 +1,403 @@
+//! Pod wiring: the kernel side of ADD, DEL and CHECK.
+//!
+//! ADD creates the veth pair from inside the pod's namespace with the host
+//! end placed directly in the node's namespace (one netlink request, ~2 ms,
+//! against ~20 ms for creating on the host and moving), so a half-made pair
+//! never sits on the host. Everything ADD creates hangs off the pair:
+//! deleting the pod end deletes both ends, and the host routes go with the
+//! host end, which is what makes rollback and DEL a single operation.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use tabby_common::naming::{
+    GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, RTPROT_TABBY, format_mac, is_workload_iface,
+};
+use tabby_sys::netlink::{RTN_UNICAST, SCOPE_LINK, SCOPE_UNIVERSE, TABLE_MAIN, VethSpec};
+use tabby_sys::{NetNs, Netlink, RouteSpec, sysctl};
+use tracing::{debug, warn};
+
+use crate::error::{CniError, CniResult, Code};
+
+/// `rtm_protocol` "static", for the routes inside the pod.
+const RTPROT_STATIC: u8 = 4;
+
+/// What ADD needs to wire one pod interface.
+#[derive(Debug)]
+pub struct WireRequest<'a> {
+    /// The pod's namespace.
+    pub netns: &'a NetNs,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// The host end's name.
+    pub host_name: &'a str,
+    /// The pod's addresses (host prefixes).
+    pub ips: &'a [IpNet],
+    /// MTU of both ends.
+    pub mtu: u32,
+}
+
+/// What ADD made.
+#[derive(Debug, Clone)]
+pub struct Wired {
+    /// Host end index.
+    pub host_index: u32,
+    /// Pod end MAC.
+    pub pod_mac: String,
+}
+
+fn host_route(ip: &IpNet, host_index: u32) -> RouteSpec {
+    RouteSpec {
+        dst: IpNet::new(ip.addr(), ip.max_prefix_len()).unwrap_or(*ip),
+        gateway: None,
+        oif: Some(host_index),
+        protocol: RTPROT_TABBY,
+        scope: SCOPE_LINK,
+        kind: RTN_UNICAST,
+        table: TABLE_MAIN,
+    }
+}
+
+fn pod_routes(pod_index: u32, v4: bool, v6: bool) -> Vec<RouteSpec> {
+    let mut routes = Vec::new();
+    let route = |dst: IpNet, gateway: Option<IpAddr>, scope: u8| RouteSpec {
+        dst,
+        gateway,
+        oif: Some(pod_index),
+        protocol: RTPROT_STATIC,
+        scope,
+        kind: RTN_UNICAST,
+        table: TABLE_MAIN,
+    };
+    if v4 {
+        routes.push(route(IpNet::from(IpAddr::V4(GATEWAY_V4)), None, SCOPE_LINK));
+        routes.push(route(
+            default_net(false),
+            Some(IpAddr::V4(GATEWAY_V4)),
+            SCOPE_UNIVERSE,
+        ));
+    }
+    if v6 {
+        routes.push(route(
+            default_net(true),
+            Some(IpAddr::V6(GATEWAY_V6)),
+            SCOPE_UNIVERSE,
+        ));
+    }
+    routes
+}
+
+fn default_net(v6: bool) -> IpNet {
+    if v6 {
+        IpNet::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0).unwrap_or_default()
+    } else {
+        IpNet::default()
+    }
+}
+
+fn kernel(msg: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(Code::Kernel, msg.to_string(), e.to_string())
+}
+
+/// Removes a leftover host end with our name: the runtime lost a DEL for an
+/// earlier sandbox of the same pod, whose namespace is still alive.
+pub fn remove_stale_host_end(host: &mut Netlink, host_name: &str) -> CniResult<()> {
+    if let Some(stale) = host.link_by_name(host_name)? {
+        warn!(
+            iface = host_name,
+            index = stale.index,
+            "removing a stale host interface left by an earlier sandbox of this pod"
+        );
+        host.delete_link(stale.index)?;
+    }
+    Ok(())
+}
+
+/// Wires the pod. On failure, everything made so far is removed again.
+pub fn add(host: &mut Netlink, host_ns: &NetNs, req: &WireRequest<'_>) -> CniResult<Wired> {
+    let v4 = req.ips.iter().any(|i| i.addr().is_ipv4());
+    let v6 = req.ips.iter().any(|i| i.addr().is_ipv6());
+    if v6 && req.mtu < 1280 {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            format!("mtu {} is below the IPv6 minimum of 1280", req.mtu),
+            "",
+        ));
+    }
+
+    // Pod side, from a socket that lives in the pod's namespace. The
+    // socket stays usable after the thread leaves, which rollback needs.
+    let guard = req.netns.enter().map_err(|e| {
+        CniError::new(
+            Code::Kernel,
+            "cannot enter the pod network namespace",
+            e.to_string(),
+        )
+    })?;
+    let mut pod = Netlink::open()?;
+    let pod_side = (|| -> CniResult<(u32, String)> {
+        if let Some(old) = pod.link_by_name(req.ifname)? {
+            if old.kind.as_deref() != Some("veth") {
+                return Err(CniError::new(
+                    Code::InvalidEnvironment,
+                    format!(
+                        "interface {} already exists in the pod namespace",
+                        req.ifname
+                    ),
+                    format!(
+                        "it is a {} device, not tabby's",
+                        old.kind.as_deref().unwrap_or("plain")
+                    ),
+                ));
+            }
+            // A veth under our name is what an interrupted ADD leaves.
+            warn!(
+                iface = req.ifname,
+                "replacing a veth left by an interrupted ADD"
+            );
+            pod.delete_link(old.index)?;
+        }
+        pod.create_veth(&VethSpec {
+            name: req.ifname,
+            peer_name: req.host_name,
+            peer_netns_fd: host_ns.raw_fd(),
+            peer_mac: Some(HOST_VETH_MAC),
+            mtu: req.mtu,
+        })?;
+        let link = pod
+            .link_by_name(req.ifname)?
+            .ok_or_else(|| kernel("veth vanished after creation", req.ifname))?;
+        let mac = link.mac.map(|m| format_mac(&m)).unwrap_or_default();
+        if v6 {
+            // The pod end's own link-local address would otherwise run DAD;
+            // the global /128 is added with NODAD below.
+            let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_dad", req.ifname), "0");
+        }
+        for ip in req.ips {
+            pod.add_address(link.index, ip.addr(), ip.max_prefix_len(), false, true)?;
+        }
+        pod.set_up(link.index)?;
+        for r in pod_routes(link.index, v4, v6) {
+            pod.replace_route(&r)?;
+        }
+        // Static entries for the gateway: the first packet never waits for
+        // ARP/ND, and the gateway works even when the node has no route
+        // that proxy ARP could use.
+        if v4 {
+            pod.replace_neighbour(link.index, IpAddr::V4(GATEWAY_V4), HOST_VETH_MAC)?;
+        }
+        if v6 {
+            pod.replace_neighbour(link.index, IpAddr::V6(GATEWAY_V6), HOST_VETH_MAC)?;
+        }
+        Ok((link.index, mac))
+    })();
+    drop(guard);
+    let (pod_index, pod_mac) = match pod_side {
+        Ok(x) => x,
+        Err(e) => {
+            if let Ok(Some(l)) = pod.link_by_name(req.ifname) {
+                let _ = pod.delete_link(l.index);
+            }
+            return Err(e);
+        }
+    };
+
+    match host_side(host, req, v4, v6) {
+        Ok(host_index) => Ok(Wired {
+            host_index,
+            pod_mac,
+        }),
+        Err(e) => {
+            if let Err(undo) = pod.delete_link(pod_index) {
+                warn!(error = %undo, "rollback: cannot delete the veth pair");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn host_side(host: &mut Netlink, req: &WireRequest<'_>, v4: bool, v6: bool) -> CniResult<u32> {
+    let link = host
+        .link_by_name(req.host_name)?
+        .ok_or_else(|| kernel("host end of the veth is missing", req.host_name))?;
+    let h = req.host_name;
+    if v4 {
+        // Answer ARP for 169.254.1.1 (pods that flushed their neighbour
+        // table), at once; strict reverse-path filtering drops packets whose
+        // source is not routed back through this veth: the pod can only
+        // send from its own addresses.
+        sysctl::write(&format!("net/ipv4/conf/{h}/proxy_arp"), "1")?;
+        sysctl::write(&format!("net/ipv4/neigh/{h}/proxy_delay"), "0")?;
+        sysctl::write(&format!("net/ipv4/conf/{h}/rp_filter"), "1")?;
+        sysctl::ensure("net/ipv4/ip_forward", "1")?;
+    }
+    if v6 {
+        sysctl::write(&format!("net/ipv6/conf/{h}/accept_dad"), "0")?;
+        sysctl::write(&format!("net/ipv6/conf/{h}/proxy_ndp"), "1")?;
+        sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
+        host.add_address(link.index, IpAddr::V6(GATEWAY_V6), 64, true, true)?;
+    }
+    host.set_up(link.index)?;
+    for ip in req.ips {
+        host.replace_route(&host_route(ip, link.index))?;
+    }
+    debug!(iface = h, index = link.index, "host end ready");
+    Ok(link.index)
+}
+
+/// Removes the pod's interface. Idempotent: a missing namespace, link or
+/// record is success. `host_end` is (name, ifindex) from the endpoint
+/// record, used when the namespace is already gone.
+pub fn del(
+    host: &mut Netlink,
+    netns: Option<&std::path::Path>,
+    ifname: &str,
+    host_end: Option<(&str, u32)>,
+) -> CniResult<()> {
+    if let Some(path) = netns {
+        match NetNs::open(path) {
+            Ok(ns) => {
+                let guard = ns
+                    .enter()
+                    .map_err(|e| kernel("cannot enter the pod network namespace", e))?;
+                let res = (|| -> CniResult<()> {
+                    let mut pod = Netlink::open()?;
+                    if let Some(l) = pod.link_by_name(ifname)?
+                        && l.kind.as_deref() == Some("veth")
+                    {
+                        pod.delete_link(l.index)?;
+                    }
+                    Ok(())
+                })();
+                drop(guard);
+                res?;
+            }
+            Err(e) if e.is_not_found() => debug!(netns = %path.display(), "netns already gone"),
+            Err(e) => return Err(kernel("cannot open the pod network namespace", e)),
+        }
+    }
+    // The namespace may be gone while the host end survives (it cannot,
+    // for a veth, unless the pod end was moved): delete it only if it is
+    // still the very link the record describes.
+    if let Some((name, index)) = host_end
+        && let Some(l) = host.link_by_name(name)?
+        && l.index == index
+        && is_workload_iface(name)
+    {
+        host.delete_link(l.index)?;
+    }
+    Ok(())
+}
+
+/// What CHECK expects to find.
+#[derive(Debug)]
+pub struct Expected<'a> {
+    /// The pod's namespace.
+    pub netns: &'a NetNs,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// The host end's name.
+    pub host_name: &'a str,
+    /// The addresses from prevResult.
+    pub ips: &'a [IpNet],
+}
+
+fn check_failed(msg: String) -> CniError {
+    CniError::new(Code::CheckFailed, msg, "")
+}
+
+/// Verifies that the pod is wired as ADD left it.
+pub fn check(host: &mut Netlink, exp: &Expected<'_>) -> CniResult<()> {
+    let v4 = exp.ips.iter().any(|i| i.addr().is_ipv4());
+    let v6 = exp.ips.iter().any(|i| i.addr().is_ipv6());
+    let guard = exp
+        .netns
+        .enter()
+        .map_err(|e| kernel("cannot enter the pod network namespace", e))?;
+    let pod_res = (|| -> CniResult<()> {
+        let mut pod = Netlink::open()?;
+        let link = pod.link_by_name(exp.ifname)?.ok_or_else(|| {
+            check_failed(format!("interface {} is missing in the pod", exp.ifname))
+        })?;
+        if link.kind.as_deref() != Some("veth") {
+            return Err(check_failed(format!("{} is not a veth", exp.ifname)));
+        }
+        if !link.up {
+            return Err(check_failed(format!("{} is down", exp.ifname)));
+        }
+        let addrs = pod.addresses(Some(link.index))?;
+        for ip in exp.ips {
+            if !addrs.iter().any(|(_, a, _)| *a == ip.addr()) {
+                return Err(check_failed(format!(
+                    "address {ip} is missing on {}",
+                    exp.ifname
+                )));
+            }
+        }
+        let want = pod_routes(link.index, v4, v6);
+        for fam6 in [false, true] {
+            let have = pod.routes(fam6, TABLE_MAIN)?;
+            for r in want.iter().filter(|r| r.dst.addr().is_ipv6() == fam6) {
+                if !have
+                    .iter()
+                    .any(|h| h.dst == r.dst && h.gateway == r.gateway && h.oif == r.oif)
+                {
+                    return Err(check_failed(format!(
+                        "route {} is missing in the pod",
+                        r.dst
+                    )));
+                }
+            }
+        }
+        Ok(())
+    })();
+    drop(guard);
+    pod_res?;
+
+    let link = host
+        .link_by_name(exp.host_name)?
+        .ok_or_else(|| check_failed(format!("host interface {} is missing", exp.host_name)))?;
+    if !link.up {
+        return Err(check_failed(format!(
+            "host interface {} is down",
+            exp.host_name
+        )));
+    }
+    for fam6 in [false, true] {
+        let have = host.routes(fam6, TABLE_MAIN)?;
+        for ip in exp.ips.iter().filter(|i| i.addr().is_ipv6() == fam6) {
+            let want = host_route(ip, link.index);
+            if !have
+                .iter()
+                .any(|h| h.dst == want.dst && h.oif == want.oif && h.protocol == RTPROT_TABBY)
+            {
+                return Err(check_failed(format!(
+                    "host route to {} via {} is missing",
+                    want.dst, exp.host_name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The MTU to give pods: the interface of the node's default route, else
+/// the smallest MTU among the node's other up interfaces, else 1500.
+pub fn uplink_mtu(host: &mut Netlink) -> CniResult<u32> {
+    let links = host.links()?;
+    for v6 in [false, true] {
+        for r in host.routes(v6, TABLE_MAIN)? {
+            if r.dst.prefix_len() == 0
+                && let Some(l) = r.oif.and_then(|i| links.iter().find(|l| l.index == i))
+            {
+                return Ok(l.mtu);
+            }
+        }
+    }
+    Ok(links
+        .iter()
+        .filter(|l| l.up && !l.loopback && !is_workload_iface(&l.name) && l.mtu >= 68)
+        .map(|l| l.mtu)
+        .min()
+        .unwrap_or(1500))
+}
