@@ -53,6 +53,10 @@ pub enum Timer {
 }
 
 /// Inputs, named after RFC 4271 §8.1 events.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are moved once into the FSM; boxing would allocate per message"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Event 1: ManualStart.
@@ -324,7 +328,7 @@ impl Fsm {
             (_, Event::ManualStop) => {
                 self.stopped = true;
                 out.push(Action::StopTimer(Timer::IdleHold));
-                self.to_idle(
+                self.go_idle(
                     out,
                     Some(Notification::new(code::CEASE, cease::ADMIN_SHUTDOWN)),
                     "administratively stopped",
@@ -367,7 +371,7 @@ impl Fsm {
                     // RFC 4724 §4.2: a new connection from a graceful restart
                     // peer means it restarted; its routes go stale and the
                     // new connection carries the next session.
-                    self.to_idle(out, None, "peer restarted (new connection)", true);
+                    self.go_idle(out, None, "peer restarted (new connection)", true);
                     self.stopped = false;
                     out.push(Action::StopTimer(Timer::IdleHold));
                     self.connected(id, false, out);
@@ -378,11 +382,11 @@ impl Fsm {
             (Established, Event::TcpCrAcked(id)) => out.push(Action::Close(id)),
             (_, Event::TcpConnectionFails(id)) if self.is_conn(id) => {
                 let graceful = self.state == Established;
-                self.to_idle(out, None, "connection lost", graceful);
+                self.go_idle(out, None, "connection lost", graceful);
             }
             (_, Event::TcpConnectionFails(_)) => {}
             (_, Event::HoldTimerExpires) => {
-                self.to_idle(
+                self.go_idle(
                     out,
                     Some(Notification::new(code::HOLD_TIMER, 0)),
                     "hold timer expired",
@@ -399,10 +403,10 @@ impl Fsm {
             (_, Event::IdleHoldTimerExpires | Event::AutomaticStart | Event::ManualStart) => {}
             (_, Event::MessageError(id, e)) if self.is_conn(id) => {
                 let n = e.to_notification();
-                self.to_idle(out, Some(n), &format!("bad message: {e}"), false);
+                self.go_idle(out, Some(n), &format!("bad message: {e}"), false);
             }
             (_, Event::NotifMsg(id, n)) if self.is_conn(id) => {
-                self.to_idle(out, None, &format!("NOTIFICATION received: {n}"), false);
+                self.go_idle(out, None, &format!("NOTIFICATION received: {n}"), false);
             }
             (OpenSent, Event::BgpOpen(id, open)) if self.is_conn(id) => {
                 self.open_received(open, out);
@@ -425,7 +429,7 @@ impl Fsm {
             (_, ev) => {
                 if event_conn(&ev).is_some_and(|id| self.is_conn(id)) {
                     // §8.2.2: any other message in these states is an FSM error.
-                    self.to_idle(
+                    self.go_idle(
                         out,
                         Some(Notification::new(code::FSM, 0)),
                         "unexpected message",
@@ -528,7 +532,7 @@ impl Fsm {
     fn open_received(&mut self, open: Open, out: &mut Vec<Action>) {
         if let Err(e) = self.check_open(&open) {
             let n = e.to_notification();
-            self.to_idle(out, Some(n), &format!("OPEN refused: {e}"), false);
+            self.go_idle(out, Some(n), &format!("OPEN refused: {e}"), false);
             return;
         }
         let hold_time = self.cfg.hold_time.min(open.hold_time);
@@ -600,7 +604,7 @@ impl Fsm {
     /// Goes back to Idle: optionally sends a NOTIFICATION, closes every
     /// connection, stops timers, reports the session down if it was up and
     /// arms the automatic restart unless stopped by hand.
-    fn to_idle(
+    fn go_idle(
         &mut self,
         out: &mut Vec<Action>,
         notify: Option<Notification>,
