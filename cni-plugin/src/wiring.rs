@@ -237,6 +237,9 @@ fn host_side(host: &mut Netlink, req: &WireRequest<'_>, v4: bool, v6: bool) -> C
         sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
         host.add_address(link.index, IpAddr::V6(GATEWAY_V6), 64, true, true)?;
     }
+    // Before the host end comes up, so no packet ever passes unguarded.
+    let own: Vec<IpAddr> = req.ips.iter().map(IpNet::addr).collect();
+    host.install_source_guard(link.index, &own)?;
     host.set_up(link.index)?;
     for ip in req.ips {
         host.replace_route(&host_route(ip, link.index))?;

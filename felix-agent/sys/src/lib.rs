@@ -4,6 +4,7 @@
 
 pub mod netlink;
 pub mod netns;
+pub mod source_guard;
 pub mod sysctl;
 pub mod tcp_md5;
 

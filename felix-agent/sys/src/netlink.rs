@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use netlink_packet_core::DefaultNla;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
@@ -25,6 +26,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -536,6 +538,108 @@ impl Netlink {
         Ok(out)
     }
 }
+
+impl Netlink {
+    /// Attaches the anti-spoofing program of [`crate::source_guard`] to the
+    /// tc ingress of `index` (adding the clsact qdisc first), replacing any
+    /// earlier version of it.
+    pub fn install_source_guard(
+        &mut self,
+        index: u32,
+        allowed: &[IpAddr],
+    ) -> Result<(), NetlinkError> {
+        let op = format!("install source guard on link {index}");
+        let prog =
+            crate::source_guard::program(allowed).map_err(|detail| NetlinkError::Decode {
+                op: op.clone(),
+                detail,
+            })?;
+        let ifindex = i32::try_from(index).map_err(|_| NetlinkError::Kernel {
+            op: op.clone(),
+            errno: libc::EINVAL,
+        })?;
+
+        let mut qdisc = TcMessage::default();
+        qdisc.header.index = ifindex;
+        qdisc.header.parent = TcHandle::CLSACT;
+        qdisc.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.request(
+            &op,
+            RouteNetlinkMessage::NewQueueDiscipline(qdisc),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.is_exists() => {}
+            other => other?,
+        }
+
+        const TCA_BPF_OPS_LEN: u16 = 4;
+        const TCA_BPF_OPS: u16 = 5;
+        const TCA_BPF_NAME: u16 = 7;
+        const TCA_BPF_FLAGS: u16 = 8;
+        const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
+        let len = u16::try_from(prog.len()).map_err(|_| NetlinkError::Kernel {
+            op: op.clone(),
+            errno: libc::E2BIG,
+        })?;
+        let mut filter = TcMessage::default();
+        filter.header.index = ifindex;
+        filter.header.parent = TcHandle {
+            major: 0xffff,
+            minor: TcHandle::MIN_INGRESS,
+        };
+        filter.header.handle = TcHandle { major: 0, minor: 1 };
+        // info = priority << 16 | protocol (ETH_P_ALL, network order).
+        filter.header.info =
+            (u32::from(SOURCE_GUARD_PRIORITY) << 16) | u32::from(0x0003u16.to_be());
+        filter.attributes.push(TcAttribute::Kind("bpf".into()));
+        let mut name = b"tabby-source-guard".to_vec();
+        name.push(0);
+        filter.attributes.push(TcAttribute::Options(vec![
+            TcOption::Other(DefaultNla::new(TCA_BPF_OPS_LEN, len.to_ne_bytes().to_vec())),
+            TcOption::Other(DefaultNla::new(
+                TCA_BPF_OPS,
+                crate::source_guard::encode(&prog),
+            )),
+            TcOption::Other(DefaultNla::new(TCA_BPF_NAME, name)),
+            TcOption::Other(DefaultNla::new(
+                TCA_BPF_FLAGS,
+                TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes().to_vec(),
+            )),
+        ]));
+        self.request(
+            &op,
+            RouteNetlinkMessage::NewTrafficFilter(filter),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// True when the source guard is attached to `index`.
+    pub fn has_source_guard(&mut self, index: u32) -> Result<bool, NetlinkError> {
+        let mut req = TcMessage::default();
+        req.header.index = i32::try_from(index).unwrap_or(0);
+        req.header.parent = TcHandle {
+            major: 0xffff,
+            minor: TcHandle::MIN_INGRESS,
+        };
+        let msgs = self.dump(
+            "dump tc filters",
+            RouteNetlinkMessage::GetTrafficFilter(req),
+        )?;
+        Ok(msgs.iter().any(|m| {
+            matches!(m, RouteNetlinkMessage::NewTrafficFilter(f)
+                if f.header.info >> 16 == u32::from(SOURCE_GUARD_PRIORITY)
+                    && f.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf")))
+        }))
+    }
+}
+
+/// tc priority of the anti-spoofing filter; later filters (the eBPF
+/// dataplane) use higher numbers and so run after it.
+pub const SOURCE_GUARD_PRIORITY: u16 = 1;
 
 fn describe_route(r: &RouteSpec) -> String {
     let mut s = r.dst.to_string();
