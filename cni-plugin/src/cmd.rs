@@ -30,13 +30,30 @@ fn open_pod_netns(env: &Env) -> CniResult<NetNs> {
         .netns
         .as_deref()
         .ok_or_else(|| CniError::new(Code::InvalidEnvironment, "CNI_NETNS is required", ""))?;
-    NetNs::open(path).map_err(|e| {
+    let ns = NetNs::open(path).map_err(|e| {
         CniError::new(
-            Code::InvalidEnvironment,
+            Code::InvalidNetNs,
             "CNI_NETNS does not name a network namespace",
             e.to_string(),
         )
-    })
+    })?;
+    // Wiring the node's own namespace as a pod would move the node's
+    // routes and addresses around: refuse, as the reference plugins do.
+    let own = NetNs::current().map_err(|e| {
+        CniError::new(
+            Code::Kernel,
+            "cannot open the node namespace",
+            e.to_string(),
+        )
+    })?;
+    if ns.same_as(&own) {
+        return Err(CniError::new(
+            Code::InvalidNetNs,
+            "CNI_NETNS is the plugin's own network namespace",
+            path.display().to_string(),
+        ));
+    }
+    Ok(ns)
 }
 
 /// Things ADD made, undone in reverse order when a later step fails.
@@ -340,13 +357,16 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
     let store = EndpointStore::new(&conf.run_dir);
     let mut host = Netlink::open()?;
     let mut errors = Vec::new();
+    let mut in_use = HashSet::new();
     for rec in store.list()?.into_iter().flatten() {
-        if rec.network != conf.name
-            || valid.contains(&AttachmentKey::new(
-                rec.container_id.clone(),
-                rec.ifname.clone(),
-            ))
-        {
+        if rec.network != conf.name {
+            continue;
+        }
+        if valid.contains(&AttachmentKey::new(
+            rec.container_id.clone(),
+            rec.ifname.clone(),
+        )) {
+            in_use.insert(rec.host_iface.clone());
             continue;
         }
         let netns = std::path::PathBuf::from(&rec.netns);
@@ -369,9 +389,14 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
             Err(e) => errors.push(format!("{}/{}: {e}", rec.container_id, rec.ifname)),
         }
     }
-    let released = ipam::gc(conf, env, &valid)?;
-    for (k, ip) in &released {
+    let report = ipam::gc(conf, env, &valid)?;
+    for (k, ip) in &report.released {
         info!(container_id = %k.container_id, ifname = %k.ifname, %ip, "GC released an address");
+    }
+    for name in report.host_ifaces.iter().filter(|n| !in_use.contains(*n)) {
+        if let Err(e) = wiring::remove_orphan_host_end(&mut host, name) {
+            errors.push(format!("{name}: {e}"));
+        }
     }
     if errors.is_empty() {
         Ok(())

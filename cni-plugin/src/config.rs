@@ -298,7 +298,11 @@ pub fn parse_conf(stdin: &[u8]) -> CniResult<NetConf> {
             ));
         }
     };
-    let valid_attachments = match map.get("cni.dev/valid-attachments") {
+    // libcni writes the list under both names; the spec's is the first.
+    let attachments = map
+        .get("cni.dev/valid-attachments")
+        .or_else(|| map.get("cni.dev/attachments"));
+    let valid_attachments = match attachments {
         None | Some(Value::Null) => None,
         Some(v) => Some(
             serde_json::from_value::<Vec<ValidAttachment>>(v.clone()).map_err(|e| {

@@ -31,6 +31,8 @@ pub enum Code {
     Decode = 6,
     /// 7: invalid network config.
     InvalidConfig = 7,
+    /// 8: invalid network namespace (missing, not a netns, or the plugin's own).
+    InvalidNetNs = 8,
     /// 11: try again later.
     TryAgainLater = 11,
     /// 50: the plugin is not available (cannot service ADD).

@@ -179,22 +179,40 @@ pub fn held(conf: &NetConf, env: &Env) -> CniResult<Option<Vec<IpAddr>>> {
     }
 }
 
-/// Releases every allocation not in `valid`; returns what was released.
-pub fn gc(
-    conf: &NetConf,
-    env: &Env,
-    valid: &HashSet<AttachmentKey>,
-) -> CniResult<Vec<(AttachmentKey, IpAddr)>> {
+/// What GC released: addresses, and the host interfaces they were wired to.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Released (attachment, address) pairs.
+    pub released: Vec<(AttachmentKey, IpAddr)>,
+    /// Host interface names recorded with the released allocations: an ADD
+    /// killed before it wrote its endpoint record is only known from here.
+    pub host_ifaces: Vec<String>,
+}
+
+/// Releases every allocation not in `valid`.
+pub fn gc(conf: &NetConf, env: &Env, valid: &HashSet<AttachmentKey>) -> CniResult<GcReport> {
     match &conf.ipam {
         IpamConf::Tabby { .. } => {
             let outcome = open(conf)?
-                .transact(|s| Ok(s.retain(valid)))
+                .transact(|s| {
+                    let mut host_ifaces: Vec<String> = s
+                        .attachments()
+                        .filter(|(k, _)| !valid.contains(*k))
+                        .filter_map(|(_, a)| a.meta.host_iface.clone())
+                        .collect();
+                    host_ifaces.sort();
+                    host_ifaces.dedup();
+                    Ok(GcReport {
+                        released: s.retain(valid),
+                        host_ifaces,
+                    })
+                })
                 .map_err(store_err)?;
             log_discarded(&outcome);
             Ok(outcome.value)
         }
         IpamConf::Delegate { plugin } => {
-            exec_delegate(conf, env, plugin, Verb::Gc).map(|_| Vec::new())
+            exec_delegate(conf, env, plugin, Verb::Gc).map(|_| GcReport::default())
         }
     }
 }

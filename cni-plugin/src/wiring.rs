@@ -15,7 +15,7 @@ use tabby_common::naming::{
 };
 use tabby_sys::netlink::{RTN_UNICAST, SCOPE_LINK, SCOPE_UNIVERSE, TABLE_MAIN, VethSpec};
 use tabby_sys::{NetNs, Netlink, RouteSpec, sysctl};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{CniError, CniResult, Code};
 
@@ -109,6 +109,20 @@ pub fn remove_stale_host_end(host: &mut Netlink, host_name: &str) -> CniResult<(
             "removing a stale host interface left by an earlier sandbox of this pod"
         );
         host.delete_link(stale.index)?;
+    }
+    Ok(())
+}
+
+/// Deletes a host end that only a released allocation still names (an ADD
+/// killed before it wrote its endpoint record). Deleting it deletes the
+/// pod end too.
+pub fn remove_orphan_host_end(host: &mut Netlink, name: &str) -> CniResult<()> {
+    if !is_workload_iface(name) {
+        return Ok(());
+    }
+    if let Some(l) = host.link_by_name(name)? {
+        info!(iface = name, "GC removed an orphaned host interface");
+        host.delete_link(l.index)?;
     }
     Ok(())
 }

@@ -82,6 +82,17 @@ impl NetNs {
         Self::open("/proc/thread-self/ns/net")
     }
 
+    /// True when both handles name the same namespace (same nsfs inode).
+    pub fn same_as(&self, other: &NetNs) -> bool {
+        match (
+            nix::sys::stat::fstat(&self.file),
+            nix::sys::stat::fstat(&other.file),
+        ) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        }
+    }
+
     /// The path this handle was opened from.
     pub fn path(&self) -> &Path {
         &self.path
