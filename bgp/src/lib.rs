@@ -2,6 +2,8 @@
 //! state machine ([`fsm`]), the RIB with the decision process ([`rib`]), a
 //! thin tokio driver ([`speaker`]) and a kernel route installer ([`fib`]).
 
+pub mod config;
 pub mod fsm;
 pub mod packet;
 pub mod rib;
+pub mod speaker;

@@ -46,11 +46,15 @@ pub const AFI_IPV6: Afi = 2;
 pub const SAFI_UNICAST: Safi = 1;
 
 /// The address families this speaker routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Family {
     /// IPv4 unicast.
+    #[serde(rename = "ipv4")]
     Ipv4Unicast,
     /// IPv6 unicast.
+    #[serde(rename = "ipv6")]
     Ipv6Unicast,
 }
 

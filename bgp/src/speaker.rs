@@ -1,0 +1,1017 @@
+//! The tokio driver: all I/O and timers around the sans-IO [`Fsm`]s and
+//! the [`Rib`].
+//!
+//! ```text
+//!  listener task (per address) ──Accepted─────────┐
+//!  connect task (per attempt) ───Connected/Failed─┤
+//!  reader task (per connection) ─Received/Closed──┼──> core task ──bytes──> writer task (per connection)
+//!  SpeakerHandle ────────────────Command──────────┘    FSMs, RIB,  ──RibEvent──> subscribers
+//!                                                       timers          (e.g. the kernel route installer)
+//! ```
+//!
+//! The core task owns every FSM and the RIB, so nothing is shared or
+//! locked; readers decode messages in parallel and writers drain per
+//! connection queues.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, PeerConfig};
+use crate::fsm::{Action, ConnId, Event, Fsm, FsmConfig, Negotiated, State, Timer};
+use crate::packet::{self, Ctx, DecodeError, Family, Message};
+use crate::rib::{BestChange, PeerIdx, PeerInfo, Rib, RibConfig};
+
+/// Errors starting or talking to the speaker.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    /// A listening socket could not be set up.
+    #[error("listening on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The speaker task has stopped.
+    #[error("the speaker has stopped")]
+    Stopped,
+}
+
+/// What route subscribers receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RibEvent {
+    /// Best routes changed (the first event of a subscription carries the
+    /// whole table).
+    Routes(Vec<BestChange>),
+    /// Initial convergence after start: every peer sent End-of-RIB, or the
+    /// graceful restart time passed. Kernel routes of ours not re-learned by
+    /// now are leftovers of a previous run and can go.
+    Synced,
+}
+
+/// One peer's operational state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Peer address.
+    pub address: IpAddr,
+    /// Peer AS.
+    pub asn: u32,
+    /// Session state.
+    pub state: State,
+    /// Seconds since the session reached Established.
+    pub uptime_secs: Option<u64>,
+    /// The peer's BGP identifier, once known.
+    pub router_id: Option<std::net::Ipv4Addr>,
+    /// Prefixes received.
+    pub received: u64,
+    /// Prefixes accepted into the Adj-RIB-In.
+    pub accepted: u64,
+    /// Prefixes advertised.
+    pub advertised: u64,
+    /// Why the session last went down or failed to connect.
+    pub last_error: Option<String>,
+}
+
+/// The speaker's operational state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Our BGP identifier.
+    pub router_id: std::net::Ipv4Addr,
+    /// Our AS.
+    pub asn: u32,
+    /// Prefixes in the Loc-RIB.
+    pub loc_rib_prefixes: u64,
+    /// Initial convergence done.
+    pub synced: bool,
+    /// Peers, in configuration order.
+    pub peers: Vec<PeerStatus>,
+}
+
+enum Command {
+    SetPeers(Vec<PeerConfig>, oneshot::Sender<()>),
+    Announce(Vec<IpNet>),
+    Withdraw(Vec<IpNet>),
+    SetAnnounced(Vec<IpNet>),
+    Subscribe(mpsc::UnboundedSender<RibEvent>),
+    Status(oneshot::Sender<Status>),
+    Shutdown {
+        graceful: bool,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A handle on a running speaker; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SpeakerHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+/// Starts speakers.
+#[derive(Debug)]
+pub struct Speaker;
+
+impl Speaker {
+    /// Binds the listening sockets and starts the speaker on the current
+    /// tokio runtime: peers connect, `announce` prefixes are originated.
+    pub async fn start(config: Config) -> Result<SpeakerHandle, SpeakerError> {
+        config.validate()?;
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let l = listen(*addr).map_err(|source| SpeakerError::Listen {
+                addr: *addr,
+                source,
+            })?;
+            let l = Arc::new(l);
+            tokio::spawn(accept_loop(l.clone(), ev_tx.clone()));
+            listeners.push(l);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut core = Core::new(config, listeners, ev_tx);
+        let peers = core.config.peers.clone();
+        core.set_peers(peers);
+        for p in core.config.announce.clone() {
+            core.announced.insert(p.trunc());
+            core.rib.announce_local(p);
+        }
+        core.flush();
+        tokio::spawn(core.run(rx, ev_rx));
+        Ok(SpeakerHandle { tx })
+    }
+}
+
+impl SpeakerHandle {
+    fn send(&self, c: Command) -> Result<(), SpeakerError> {
+        self.tx.send(c).map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Replaces the peer list: new peers start, missing ones stop (Cease),
+    /// changed ones restart.
+    pub async fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<(), SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::SetPeers(peers, tx))?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Originates prefixes.
+    pub fn announce(&self, prefixes: Vec<IpNet>) -> Result<(), SpeakerError> {
+        self.send(Command::Announce(prefixes))
+    }
+
+    /// Stops originating prefixes.
+    pub fn withdraw(&self, prefixes: Vec<IpNet>) -> Result<(), SpeakerError> {
+        self.send(Command::Withdraw(prefixes))
+    }
+
+    /// Makes `prefixes` exactly the set originated.
+    pub fn set_announced(&self, prefixes: Vec<IpNet>) -> Result<(), SpeakerError> {
+        self.send(Command::SetAnnounced(prefixes))
+    }
+
+    /// A stream of best-route changes, starting with the whole table.
+    pub fn subscribe_routes(&self) -> Result<mpsc::UnboundedReceiver<RibEvent>, SpeakerError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.send(Command::Subscribe(tx))?;
+        Ok(rx)
+    }
+
+    /// Sessions and counters.
+    pub async fn status(&self) -> Result<Status, SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx))?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Stops the speaker. `graceful`: close sessions without NOTIFICATION so
+    /// that graceful-restart peers keep our routes (a restart follows);
+    /// otherwise send Cease to every peer.
+    pub async fn shutdown(&self, graceful: bool) -> Result<(), SpeakerError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Shutdown { graceful, done })?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // Keep IPv4 for a separate listener, so MD5 keys are per family.
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    s.set_nonblocking(true)?;
+    TcpListener::from_std(s.into())
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one event per message, moved once through a channel"
+)]
+enum IoEvent {
+    Accepted(TcpStream, SocketAddr),
+    Connected(IpAddr, ConnId, TcpStream),
+    ConnectFailed(IpAddr, ConnId, String),
+    Received(ConnId, Result<Message, DecodeError>),
+    Closed(ConnId, Option<String>),
+}
+
+async fn accept_loop(l: Arc<TcpListener>, tx: mpsc::UnboundedSender<IoEvent>) {
+    loop {
+        match l.accept().await {
+            Ok((s, remote)) => {
+                if tx.send(IoEvent::Accepted(s, remote)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connect(peer: PeerConfig, conn: ConnId, tx: mpsc::UnboundedSender<IoEvent>) {
+    let res = async {
+        let addr = SocketAddr::new(peer.address, peer.port);
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(pw) = &peer.password {
+            tabby_sys::tcp_md5::set_tcp_md5(sock.as_fd(), peer.address, pw.as_bytes())
+                .map_err(std::io::Error::other)?;
+        }
+        if let Some(local) = peer.local_address {
+            sock.bind(SocketAddr::new(local, 0))?;
+        }
+        tokio::time::timeout(Duration::from_secs(10), sock.connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+    .await;
+    let ev = match res {
+        Ok(s) => IoEvent::Connected(peer.address, conn, s),
+        Err(e) => IoEvent::ConnectFailed(peer.address, conn, e.to_string()),
+    };
+    let _ = tx.send(ev);
+}
+
+/// Cuts the byte stream into messages and decodes them. The 4-octet AS
+/// context follows the peer's OPEN (we always send the capability).
+async fn read_loop(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    conn: ConnId,
+    tx: mpsc::UnboundedSender<IoEvent>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut ctx = Ctx::default();
+    loop {
+        loop {
+            match packet::frame_len(&buf) {
+                Ok(Some(len)) => {
+                    let msg = Message::decode(&buf[..len], &ctx);
+                    buf.drain(..len);
+                    if let Ok(Message::Open(o)) = &msg {
+                        ctx.four_octet_as = o.four_octet_as().is_some();
+                    }
+                    let failed = msg.is_err();
+                    if tx.send(IoEvent::Received(conn, msg)).is_err() || failed {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(IoEvent::Received(conn, Err(e)));
+                    return;
+                }
+            }
+        }
+        match r.read(&mut chunk).await {
+            Ok(0) => {
+                let _ = tx.send(IoEvent::Closed(conn, None));
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                let _ = tx.send(IoEvent::Closed(conn, Some(e.to_string())));
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        // Coalesce whatever is queued into one write.
+        while batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+struct Conn {
+    peer: IpAddr,
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    reader: JoinHandle<()>,
+    local: Option<SocketAddr>,
+    ctx: Ctx,
+}
+
+struct Peer {
+    idx: PeerIdx,
+    cfg: PeerConfig,
+    fsm: Fsm,
+    timers: HashMap<Timer, Instant>,
+    connecting: Option<(ConnId, JoinHandle<()>)>,
+    established: Option<Instant>,
+    negotiated: Option<Negotiated>,
+    /// GR helper: when the peer's stale routes are dropped if no End-of-RIB.
+    stale_deadline: Option<Instant>,
+    eor: HashSet<Family>,
+    last_error: Option<String>,
+}
+
+struct Core {
+    config: Config,
+    rib: Rib,
+    peers: Vec<(IpAddr, Peer)>,
+    conns: HashMap<ConnId, Conn>,
+    listeners: Vec<Arc<TcpListener>>,
+    ev_tx: mpsc::UnboundedSender<IoEvent>,
+    subscribers: Vec<mpsc::UnboundedSender<RibEvent>>,
+    announced: BTreeSet<IpNet>,
+    next_conn: u64,
+    next_idx: PeerIdx,
+    synced: bool,
+    sync_deadline: Instant,
+}
+
+impl Core {
+    fn new(
+        config: Config,
+        listeners: Vec<Arc<TcpListener>>,
+        ev_tx: mpsc::UnboundedSender<IoEvent>,
+    ) -> Self {
+        let rib = Rib::new(RibConfig {
+            local_as: config.asn,
+            router_id: config.router_id,
+            cluster_id: config.cluster_id.unwrap_or(config.router_id),
+            default_local_pref: config.local_pref,
+            multipath: config.multipath,
+        });
+        let wait = if config.graceful_restart.enabled {
+            u64::from(config.graceful_restart.restart_time)
+        } else {
+            0
+        };
+        Self {
+            sync_deadline: Instant::now() + Duration::from_secs(wait),
+            config,
+            rib,
+            peers: Vec::new(),
+            conns: HashMap::new(),
+            listeners,
+            ev_tx,
+            subscribers: Vec::new(),
+            announced: BTreeSet::new(),
+            next_conn: 1,
+            next_idx: 1,
+            synced: false,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Command>,
+        mut events: mpsc::UnboundedReceiver<IoEvent>,
+    ) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(Command::Shutdown { graceful, done }) => {
+                        self.shutdown(graceful);
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.command(c),
+                    None => {
+                        self.shutdown(false);
+                        return;
+                    }
+                },
+                Some(ev) = events.recv() => {
+                    self.io_event(ev);
+                    // Drain what is already queued before exporting, so
+                    // that a burst of UPDATEs is exported in few messages.
+                    let mut n = 0;
+                    while n < 64 {
+                        match events.try_recv() {
+                            Ok(ev) => self.io_event(ev),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => self.fire_timers(),
+            }
+            self.check_sync();
+            self.flush();
+        }
+    }
+
+    fn peer_mut(&mut self, addr: IpAddr) -> Option<&mut Peer> {
+        self.peers
+            .iter_mut()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, p)| p)
+    }
+
+    fn fsm_config(&self, p: &PeerConfig) -> FsmConfig {
+        let gr = &self.config.graceful_restart;
+        FsmConfig {
+            local_as: self.config.asn,
+            remote_as: p.asn,
+            router_id: self.config.router_id,
+            hold_time: p.hold_time.unwrap_or(self.config.hold_time),
+            connect_retry: Duration::from_secs(self.config.connect_retry.max(1)),
+            idle_hold: Duration::from_secs(self.config.idle_hold),
+            passive: p.passive,
+            families: p.families.clone(),
+            graceful_restart: gr
+                .enabled
+                .then(|| Duration::from_secs(u64::from(gr.restart_time))),
+            restarting: gr.enabled && gr.restarting,
+        }
+    }
+
+    fn set_md5(&self, peer: IpAddr, key: &[u8]) {
+        for l in &self.listeners {
+            let same_family = l.local_addr().is_ok_and(|a| a.is_ipv4() == peer.is_ipv4());
+            if !same_family {
+                continue;
+            }
+            if let Err(e) = tabby_sys::tcp_md5::set_tcp_md5(l.as_fd(), peer, key) {
+                warn!(%peer, error = %e, "cannot set TCP MD5 key on listener");
+            }
+        }
+    }
+
+    fn set_peers(&mut self, wanted: Vec<PeerConfig>) {
+        let keep: Vec<PeerConfig> = wanted
+            .iter()
+            .filter(|w| self.peers.iter().any(|(_, p)| p.cfg == **w))
+            .cloned()
+            .collect();
+        let gone: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !keep.contains(&p.cfg))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in gone {
+            self.remove_peer(addr);
+        }
+        for w in wanted {
+            if !keep.contains(&w) {
+                self.add_peer(w);
+            }
+        }
+    }
+
+    fn add_peer(&mut self, cfg: PeerConfig) {
+        info!(peer = %cfg.address, asn = cfg.asn, "adding peer");
+        if let Some(pw) = &cfg.password {
+            self.set_md5(cfg.address, pw.as_bytes());
+        }
+        let idx = self.next_idx;
+        self.next_idx = self.next_idx.wrapping_add(1).max(1);
+        let addr = cfg.address;
+        let fsm = Fsm::new(self.fsm_config(&cfg));
+        self.peers.push((
+            addr,
+            Peer {
+                idx,
+                cfg,
+                fsm,
+                timers: HashMap::new(),
+                connecting: None,
+                established: None,
+                negotiated: None,
+                stale_deadline: None,
+                eor: HashSet::new(),
+                last_error: None,
+            },
+        ));
+        self.fsm_event(addr, Event::ManualStart);
+    }
+
+    fn remove_peer(&mut self, addr: IpAddr) {
+        info!(peer = %addr, "removing peer");
+        self.fsm_event(addr, Event::ManualStop);
+        if let Some(pos) = self.peers.iter().position(|(a, _)| *a == addr) {
+            let (_, p) = self.peers.remove(pos);
+            if let Some((_, h)) = p.connecting {
+                h.abort();
+            }
+            if p.cfg.password.is_some() {
+                self.set_md5(addr, b"");
+            }
+            self.rib.remove_peer(p.idx);
+            self.rib.gc();
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::SetPeers(peers, done) => {
+                self.set_peers(peers);
+                let _ = done.send(());
+            }
+            Command::Announce(ps) => {
+                for p in ps {
+                    if self.announced.insert(p.trunc()) {
+                        self.rib.announce_local(p);
+                    }
+                }
+            }
+            Command::Withdraw(ps) => {
+                for p in ps {
+                    if self.announced.remove(&p.trunc()) {
+                        self.rib.withdraw_local(p);
+                    }
+                }
+            }
+            Command::SetAnnounced(ps) => {
+                let wanted: BTreeSet<IpNet> = ps.iter().map(IpNet::trunc).collect();
+                for p in self
+                    .announced
+                    .difference(&wanted)
+                    .copied()
+                    .collect::<Vec<_>>()
+                {
+                    self.rib.withdraw_local(p);
+                }
+                for p in wanted
+                    .difference(&self.announced)
+                    .copied()
+                    .collect::<Vec<_>>()
+                {
+                    self.rib.announce_local(p);
+                }
+                self.announced = wanted;
+            }
+            Command::Subscribe(tx) => {
+                let ok = tx.send(RibEvent::Routes(self.rib.snapshot())).is_ok()
+                    && (!self.synced || tx.send(RibEvent::Synced).is_ok());
+                if ok {
+                    self.subscribers.push(tx);
+                }
+            }
+            Command::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            router_id: self.config.router_id,
+            asn: self.config.asn,
+            loc_rib_prefixes: self.rib.len() as u64,
+            synced: self.synced,
+            peers: self
+                .peers
+                .iter()
+                .map(|(addr, p)| {
+                    let c = self.rib.counts(p.idx);
+                    PeerStatus {
+                        address: *addr,
+                        asn: p.cfg.asn,
+                        state: p.fsm.state(),
+                        uptime_secs: p.established.map(|t| t.elapsed().as_secs()),
+                        router_id: p.negotiated.as_ref().map(|n| n.peer_id),
+                        received: c.received,
+                        accepted: c.accepted,
+                        advertised: c.advertised,
+                        last_error: p.last_error.clone(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn shutdown(&mut self, graceful: bool) {
+        if graceful {
+            // Close without NOTIFICATION: GR peers keep our routes.
+            for (_, c) in self.conns.drain() {
+                c.reader.abort();
+            }
+        } else {
+            let addrs: Vec<IpAddr> = self.peers.iter().map(|(a, _)| *a).collect();
+            for a in addrs {
+                self.fsm_event(a, Event::ManualStop);
+            }
+        }
+        for (_, p) in &mut self.peers {
+            if let Some((_, h)) = p.connecting.take() {
+                h.abort();
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut next = Instant::now() + Duration::from_secs(3600);
+        for (_, p) in &self.peers {
+            for t in p.timers.values().chain(p.stale_deadline.iter()) {
+                next = next.min(*t);
+            }
+        }
+        if !self.synced {
+            next = next.min(self.sync_deadline);
+        }
+        next
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let mut due: Vec<(IpAddr, Event)> = Vec::new();
+        let mut stale: Vec<PeerIdx> = Vec::new();
+        for (addr, p) in &mut self.peers {
+            let expired: Vec<Timer> = p
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in expired {
+                p.timers.remove(&t);
+                due.push((
+                    *addr,
+                    match t {
+                        Timer::ConnectRetry => Event::ConnectRetryTimerExpires,
+                        Timer::Hold => Event::HoldTimerExpires,
+                        Timer::Keepalive => Event::KeepaliveTimerExpires,
+                        Timer::IdleHold => Event::IdleHoldTimerExpires,
+                    },
+                ));
+            }
+            if p.stale_deadline.is_some_and(|d| d <= now) {
+                p.stale_deadline = None;
+                stale.push(p.idx);
+            }
+        }
+        for idx in stale {
+            info!(
+                peer = idx,
+                "graceful restart timer expired: dropping stale routes"
+            );
+            self.rib.sweep_stale(idx, None);
+        }
+        for (addr, ev) in due {
+            self.fsm_event(addr, ev);
+        }
+    }
+
+    fn alloc_conn(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    /// Starts the reader and writer tasks of a new connection.
+    fn register(&mut self, peer: IpAddr, id: ConnId, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
+        let (r, w) = stream.into_split();
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(w, wrx));
+        let reader = tokio::spawn(read_loop(r, id, self.ev_tx.clone()));
+        self.conns.insert(
+            id,
+            Conn {
+                peer,
+                writer: wtx,
+                reader,
+                local,
+                ctx: Ctx::default(),
+            },
+        );
+    }
+
+    fn io_event(&mut self, ev: IoEvent) {
+        match ev {
+            IoEvent::Accepted(stream, remote) => {
+                let ip = remote.ip().to_canonical();
+                if !self.peers.iter().any(|(a, _)| *a == ip) {
+                    debug!(%remote, "connection from an unknown address refused");
+                    return;
+                }
+                let id = self.alloc_conn();
+                self.register(ip, id, stream);
+                self.fsm_event(ip, Event::TcpConnectionConfirmed(id));
+            }
+            IoEvent::Connected(peer, id, stream) => {
+                let current = self
+                    .peer_mut(peer)
+                    .and_then(|p| p.connecting.take_if(|(c, _)| *c == id));
+                if current.is_none() {
+                    return;
+                }
+                self.register(peer, id, stream);
+                self.fsm_event(peer, Event::TcpCrAcked(id));
+            }
+            IoEvent::ConnectFailed(peer, id, err) => {
+                let Some(p) = self.peer_mut(peer) else {
+                    return;
+                };
+                if p.connecting.take_if(|(c, _)| *c == id).is_some() {
+                    debug!(%peer, error = %err, "connect failed");
+                    p.last_error = Some(format!("connect: {err}"));
+                    self.fsm_event(peer, Event::TcpConnectionFails(id));
+                }
+            }
+            IoEvent::Received(id, msg) => {
+                let Some(peer) = self.conns.get(&id).map(|c| c.peer) else {
+                    return;
+                };
+                let ev = match msg {
+                    Ok(m) => Event::from_message(id, m),
+                    Err(e) => {
+                        warn!(%peer, error = %e, "malformed message");
+                        Event::MessageError(id, e)
+                    }
+                };
+                self.fsm_event(peer, ev);
+            }
+            IoEvent::Closed(id, err) => {
+                let Some(c) = self.conns.remove(&id) else {
+                    return;
+                };
+                if let Some(e) = err
+                    && let Some(p) = self.peer_mut(c.peer)
+                {
+                    p.last_error = Some(e);
+                }
+                self.fsm_event(c.peer, Event::TcpConnectionFails(id));
+            }
+        }
+    }
+
+    fn fsm_event(&mut self, addr: IpAddr, ev: Event) {
+        let Some(p) = self.peer_mut(addr) else {
+            return;
+        };
+        let actions = p.fsm.handle(ev);
+        for a in actions {
+            self.action(addr, a);
+        }
+    }
+
+    fn send(&self, conn: ConnId, bytes: Vec<u8>) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.writer.send(bytes);
+        }
+    }
+
+    fn action(&mut self, addr: IpAddr, a: Action) {
+        let now = Instant::now();
+        let stale_time = Duration::from_secs(self.config.graceful_restart.stale_time);
+        let next_hop_v6 = self.config.next_hop_v6;
+        match a {
+            Action::Connect => {
+                let id = self.alloc_conn();
+                let tx = self.ev_tx.clone();
+                let Some(p) = self.peer_mut(addr) else {
+                    return;
+                };
+                if let Some((_, h)) = p.connecting.take() {
+                    h.abort();
+                }
+                let h = tokio::spawn(connect(p.cfg.clone(), id, tx));
+                p.connecting = Some((id, h));
+            }
+            Action::Send(conn, msg) => {
+                let ctx = self.conns.get(&conn).map(|c| c.ctx).unwrap_or_default();
+                if let Message::Notification(n) = &msg {
+                    info!(peer = %addr, notification = %n, "sending NOTIFICATION");
+                }
+                self.send(conn, msg.encode(&ctx));
+            }
+            Action::Close(conn) => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    c.reader.abort();
+                }
+            }
+            Action::StartTimer(t, d) => {
+                if let Some(p) = self.peer_mut(addr) {
+                    p.timers.insert(t, now + d);
+                }
+            }
+            Action::StopTimer(t) => {
+                if let Some(p) = self.peer_mut(addr) {
+                    p.timers.remove(&t);
+                }
+            }
+            Action::Established(neg) => {
+                let Some(p) = self.peer_mut(addr) else {
+                    return;
+                };
+                let Some(conn) = p.fsm.connection() else {
+                    return;
+                };
+                info!(peer = %addr, peer_id = %neg.peer_id, families = ?neg.families, "session established");
+                p.established = Some(now);
+                p.negotiated = Some(neg.clone());
+                p.eor.clear();
+                p.last_error = None;
+                p.fsm.set_restarting(false);
+                let idx = p.idx;
+                let cfg = p.cfg.clone();
+                let had_stale = p.stale_deadline.is_some();
+                if had_stale {
+                    p.stale_deadline = Some(now + stale_time);
+                }
+                let ctx = Ctx {
+                    four_octet_as: neg.four_octet_as,
+                };
+                let local = self.conns.get_mut(&conn).and_then(|c| {
+                    c.ctx = ctx;
+                    c.local
+                });
+                if had_stale {
+                    // RFC 4724 §4.2: families the peer no longer preserves
+                    // lose their stale routes now; the others wait for EoR.
+                    let kept: Vec<Family> = neg
+                        .gr
+                        .as_ref()
+                        .map(|g| {
+                            g.families
+                                .iter()
+                                .filter(|(_, f)| *f)
+                                .map(|(f, _)| *f)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for f in Family::ALL {
+                        if !kept.contains(&f) {
+                            self.rib.sweep_stale(idx, Some(f));
+                        }
+                    }
+                }
+                let local_ip = local.map(|l| l.ip().to_canonical());
+                let info = PeerInfo {
+                    address: addr,
+                    asn: neg.peer_as,
+                    router_id: neg.peer_id,
+                    rr_client: cfg.rr_client,
+                    next_hop_self: cfg.next_hop_self,
+                    local_v4: match local_ip {
+                        Some(IpAddr::V4(a)) => Some(a),
+                        _ => None,
+                    },
+                    local_v6: match local_ip {
+                        Some(IpAddr::V6(a)) => Some(a),
+                        _ => next_hop_v6,
+                    },
+                    families: neg.families.clone(),
+                    ctx,
+                };
+                for m in self.rib.peer_up(idx, info) {
+                    self.send(conn, m);
+                }
+            }
+            Action::Down(d) => {
+                let Some(p) = self.peer_mut(addr) else {
+                    return;
+                };
+                info!(peer = %addr, reason = %d.reason, graceful = d.graceful, "session down");
+                p.established = None;
+                p.last_error = Some(d.reason);
+                let idx = p.idx;
+                let restart = p
+                    .negotiated
+                    .take()
+                    .and_then(|n| n.gr)
+                    .map(|g| g.restart_time);
+                let graceful = d.graceful && restart.is_some();
+                if graceful {
+                    p.stale_deadline = restart.map(|r| now + r);
+                }
+                self.rib.peer_down(idx, graceful);
+                self.rib.gc();
+            }
+            Action::Update(u) => {
+                let Some(p) = self.peer_mut(addr) else {
+                    return;
+                };
+                let idx = p.idx;
+                if let Some(f) = u.as_end_of_rib() {
+                    debug!(peer = %addr, family = %f, "End-of-RIB");
+                    p.eor.insert(f);
+                    self.rib.sweep_stale(idx, Some(f));
+                    if !self.rib.has_stale(idx)
+                        && let Some(p) = self.peer_mut(addr)
+                    {
+                        p.stale_deadline = None;
+                    }
+                } else {
+                    if u.treat_as_withdraw {
+                        warn!(peer = %addr, "malformed attribute: UPDATE treated as withdraw (RFC 7606)");
+                    }
+                    self.rib.apply_update(idx, u);
+                }
+            }
+            Action::RouteRefresh(r) => {
+                let Some(p) = self.peer_mut(addr) else {
+                    return;
+                };
+                let (idx, conn) = (p.idx, p.fsm.connection());
+                if let (Some(f), Some(conn)) = (Family::from_afi_safi(r.afi, r.safi), conn) {
+                    for m in self.rib.refresh(idx, f) {
+                        self.send(conn, m);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_sync(&mut self) {
+        if self.synced {
+            return;
+        }
+        let all_eor = self.peers.iter().all(|(_, p)| {
+            p.negotiated
+                .as_ref()
+                .is_some_and(|n| n.families.iter().all(|f| p.eor.contains(f)))
+        });
+        if all_eor || Instant::now() >= self.sync_deadline {
+            info!(all_eor, "initial routing convergence done");
+            self.synced = true;
+            self.subscribers
+                .retain(|s| s.send(RibEvent::Synced).is_ok());
+        }
+    }
+
+    fn flush(&mut self) {
+        for (idx, msgs) in self.rib.take_exports() {
+            let conn = self
+                .peers
+                .iter()
+                .find(|(_, p)| p.idx == idx)
+                .and_then(|(_, p)| p.fsm.connection());
+            if let Some(conn) = conn {
+                for m in msgs {
+                    self.send(conn, m);
+                }
+            }
+        }
+        let changes = self.rib.take_changes();
+        if !changes.is_empty() {
+            self.subscribers
+                .retain(|s| s.send(RibEvent::Routes(changes.clone())).is_ok());
+        }
+    }
+}
