@@ -3,6 +3,7 @@
 //! thin tokio driver ([`speaker`]) and a kernel route installer ([`fib`]).
 
 pub mod config;
+pub mod fib;
 pub mod fsm;
 pub mod packet;
 pub mod rib;
