@@ -122,7 +122,7 @@ pub enum Discarded {
     StaleBoot {
         /// The boot the state was saved in.
         previous_boot_id: String,
-        /// How many allocations were dropped.
+        /// How many addresses were dropped.
         allocations: usize,
     },
     /// The state file did not parse, but the `.boot` marker shows it was last
