@@ -221,6 +221,53 @@ impl Lab {
         bird
     }
 
+    /// Starts FRR's bgpd (no zebra, no kernel) in `short`.
+    pub fn frr(&mut self, short: &str, label: &str, conf: &str) -> Frr {
+        require("/usr/lib/frr/bgpd", "frr");
+        require("vtysh", "frr");
+        let dir = self.path(label);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf_path = dir.join("bgpd.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let (c, p, d) = (
+            conf_path.to_str().unwrap().to_string(),
+            dir.join("bgpd.pid").to_str().unwrap().to_string(),
+            dir.to_str().unwrap().to_string(),
+        );
+        self.spawn(
+            short,
+            label,
+            &[
+                "/usr/lib/frr/bgpd",
+                "-Z",
+                "-n",
+                "-S",
+                "-f",
+                &c,
+                "-i",
+                &p,
+                "--vty_socket",
+                &d,
+                "-P",
+                "0",
+            ],
+        );
+        let frr = Frr { dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !frr
+            .cmd("show bgp summary")
+            .contains("BGP router identifier")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "FRR {label} did not start: {}",
+                self.log(label)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        frr
+    }
+
     /// Starts our speaker in `short` with TOML config text.
     pub fn tabby(&mut self, short: &str, label: &str, toml: &str) -> Tabby {
         let ctl = self.path(&format!("{label}.sock"));
@@ -303,6 +350,46 @@ impl Bird {
     /// `show route all <prefix>` output.
     pub fn route(&self, prefix: &str) -> String {
         self.cmd(&format!("show route {prefix} all"))
+    }
+}
+
+/// A running FRR bgpd.
+pub struct Frr {
+    pub dir: PathBuf,
+}
+
+impl Frr {
+    /// Runs a vtysh command against this bgpd.
+    pub fn cmd(&self, c: &str) -> String {
+        sh_lossy(&[
+            "vtysh",
+            "--vty_socket",
+            self.dir.to_str().unwrap(),
+            "-d",
+            "bgpd",
+            "-c",
+            c,
+        ])
+    }
+
+    /// Whether the session with `peer` is Established.
+    pub fn established(&self, peer: &str) -> bool {
+        let j: serde_json::Value =
+            serde_json::from_str(&self.cmd(&format!("show bgp neighbors {peer} json")))
+                .unwrap_or_default();
+        j[peer]["bgpState"] == "Established"
+    }
+
+    /// The best path's next hop for `prefix`, if FRR has one.
+    pub fn best_next_hop(&self, afi: &str, prefix: &str) -> Option<String> {
+        let j: serde_json::Value =
+            serde_json::from_str(&self.cmd(&format!("show bgp {afi} unicast {prefix} json")))
+                .ok()?;
+        j["paths"]
+            .as_array()?
+            .iter()
+            .find(|p| p["bestpath"]["overall"] == true)
+            .and_then(|p| p["nexthops"][0]["ip"].as_str().map(str::to_string))
     }
 }
 
