@@ -398,20 +398,25 @@ pub fn check(host: &mut Netlink, exp: &Expected<'_>) -> CniResult<()> {
     Ok(())
 }
 
-/// The MTU to give pods: the interface of the node's default route, else
-/// the smallest MTU among the node's other up interfaces, else 1500.
+/// The MTU to give pods: that of the interface of the node's default route
+/// (IPv4, else IPv6), else the smallest MTU among the node's other up
+/// interfaces, else 1500. The common case costs a route dump and one link
+/// lookup, never a dump of every link (hundreds of veths on a busy node).
 pub fn uplink_mtu(host: &mut Netlink) -> CniResult<u32> {
-    let links = host.links()?;
     for v6 in [false, true] {
-        for r in host.routes(v6, TABLE_MAIN)? {
-            if r.dst.prefix_len() == 0
-                && let Some(l) = r.oif.and_then(|i| links.iter().find(|l| l.index == i))
-            {
-                return Ok(l.mtu);
-            }
+        let default_oif = host
+            .routes(v6, TABLE_MAIN)?
+            .into_iter()
+            .find(|r| r.dst.prefix_len() == 0 && r.oif.is_some())
+            .and_then(|r| r.oif);
+        if let Some(index) = default_oif
+            && let Some(l) = host.link_by_index(index)?
+        {
+            return Ok(l.mtu);
         }
     }
-    Ok(links
+    Ok(host
+        .links()?
         .iter()
         .filter(|l| l.up && !l.loopback && !is_workload_iface(&l.name) && l.mtu >= 68)
         .map(|l| l.mtu)

@@ -283,10 +283,24 @@ impl Netlink {
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<LinkSummary>, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let op = format!("get link {name}");
-        let seq = self.send(&op, RouteNetlinkMessage::GetLink(msg), NLM_F_ACK)?;
+        self.get_link(&format!("get link {name}"), msg)
+    }
+
+    /// Looks a link up by index; `None` when there is no such link.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<LinkSummary>, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.get_link(&format!("get link #{index}"), msg)
+    }
+
+    fn get_link(
+        &mut self,
+        op: &str,
+        msg: LinkMessage,
+    ) -> Result<Option<LinkSummary>, NetlinkError> {
+        let seq = self.send(op, RouteNetlinkMessage::GetLink(msg), NLM_F_ACK)?;
         let mut found = None;
-        match self.receive(&op, seq, |m| {
+        match self.receive(op, seq, |m| {
             if let RouteNetlinkMessage::NewLink(l) = m {
                 found = Some(summarize_link(&l));
             }
