@@ -2,7 +2,10 @@
 //! `host-local` plugins from Debian's `containernetworking-plugins`, measured
 //! in the same run, interleaved, on the same node namespace.
 //!
-//! `cargo bench -p tabby-cni --bench cni [-- --pairs N --concurrent C --passes P]`
+//! `cargo bench -p tabby-cni --bench cni [-- --pairs N --concurrent C --passes P --tabby PATH]`
+//!
+//! `--tabby` measures another build of the plugin, e.g. the statically
+//! linked one that ships (`cni-plugin/bench.sh` builds and passes it).
 //!
 //! Prints p50/p99 for sequential ADD and DEL, the wall time of C concurrent
 //! ADDs, and each figure as a ratio tabby / reference. Needs root.
@@ -112,6 +115,15 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn tabby_binary() -> PathBuf {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--tabby")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(TABBY))
+}
+
 fn main() {
     require_root();
     require_tool(PTP);
@@ -130,7 +142,7 @@ fn main() {
     let contenders = [
         Contender {
             name: "tabby",
-            binary: PathBuf::from(TABBY),
+            binary: tabby_binary(),
             conf: json!({"cniVersion": "1.0.0", "name": "bench-tabby", "type": "tabby",
                 "dataDir": scratch.path().join("tabby-data"), "runDir": scratch.path().join("tabby-run"),
                 "ipam": {"type": "tabby-ipam", "subnets": ["10.244.0.0/16"]}}),
