@@ -67,8 +67,8 @@ pub struct ApplyReport {
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 
-/// Routes per `sendmsg`; the acks of one batch must fit the receive buffer.
-const BATCH: usize = 512;
+/// Routes per `sendmsg`; the errors of one batch must fit the receive buffer.
+const BATCH: usize = 1024;
 
 /// Installs best routes into one kernel routing table.
 #[derive(Debug)]
@@ -265,28 +265,36 @@ impl FibInstaller {
         for chunk in changes.chunks(BATCH) {
             let mut buf = Vec::with_capacity(chunk.len() * 96);
             let first = self.seq.wrapping_add(1);
-            for c in chunk {
+            for (i, c) in chunk.iter().enumerate() {
                 let seq = self.next_seq();
                 let m = route_message(c.prefix, &c.next_hops, self.protocol, self.table);
+                // Only the last message asks for an ACK: the kernel handles a
+                // socket's messages in order and reports every failure, so
+                // that ACK means the whole batch is done, without 512 replies
+                // to build and parse.
+                let ack = if i + 1 == chunk.len() { NLM_F_ACK } else { 0 };
                 if c.next_hops.is_empty() {
                     Self::encode(
                         RouteNetlinkMessage::DelRoute(m),
-                        NLM_F_REQUEST | NLM_F_ACK,
+                        NLM_F_REQUEST | ack,
                         seq,
                         &mut buf,
                     );
                 } else {
                     Self::encode(
                         RouteNetlinkMessage::NewRoute(m),
-                        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                        NLM_F_REQUEST | ack | NLM_F_CREATE | NLM_F_REPLACE,
                         seq,
                         &mut buf,
                     );
                 }
             }
             self.sock.send(&buf, 0).map_err(nl_err("send batch"))?;
-            let mut pending = chunk.len();
-            while pending > 0 {
+            let last = self.seq;
+            let mut failed: Vec<Option<std::io::Error>> = Vec::new();
+            failed.resize_with(chunk.len(), || None);
+            let mut done = false;
+            while !done {
                 let n = self
                     .sock
                     .recv(&mut &mut self.rbuf[..], 0)
@@ -304,22 +312,24 @@ impl FibInstaller {
                     let NetlinkPayload::Error(e) = msg.payload else {
                         continue;
                     };
-                    let i = msg.header.sequence_number.wrapping_sub(first) as usize;
-                    let Some(c) = chunk.get(i) else {
-                        continue;
-                    };
-                    pending = pending.saturating_sub(1);
-                    self.leftovers.remove(&c.prefix);
-                    let err = e.code.map(|_| e.to_io());
-                    match (c.next_hops.is_empty(), err) {
-                        (false, None) => report.installed += 1,
-                        (true, None) => report.removed += 1,
-                        // "Already gone" is what a delete wants.
-                        (true, Some(e)) if matches!(e.raw_os_error(), Some(ENOENT | ESRCH)) => {
-                            report.removed += 1;
-                        }
-                        (_, Some(e)) => report.failed.push((c.prefix, e)),
+                    let seq = msg.header.sequence_number;
+                    let i = seq.wrapping_sub(first) as usize;
+                    if let (Some(slot), Some(_)) = (failed.get_mut(i), e.code) {
+                        *slot = Some(e.to_io());
                     }
+                    done |= seq == last;
+                }
+            }
+            for (c, err) in chunk.iter().zip(failed) {
+                self.leftovers.remove(&c.prefix);
+                match (c.next_hops.is_empty(), err) {
+                    (false, None) => report.installed += 1,
+                    (true, None) => report.removed += 1,
+                    // "Already gone" is what a delete wants.
+                    (true, Some(e)) if matches!(e.raw_os_error(), Some(ENOENT | ESRCH)) => {
+                        report.removed += 1;
+                    }
+                    (_, Some(e)) => report.failed.push((c.prefix, e)),
                 }
             }
         }

@@ -183,7 +183,7 @@ async fn serve(cfg: Config, fib: Option<FibInstaller>) -> anyhow::Result<()> {
 /// merged into one netlink batch.
 fn install_loop(
     mut fib: FibInstaller,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<RibEvent>,
+    mut rx: tokio::sync::mpsc::Receiver<RibEvent>,
     graceful: bool,
 ) {
     while let Some(first) = rx.blocking_recv() {
@@ -195,7 +195,13 @@ fn install_loop(
                 RibEvent::Routes(c) => changes.extend(c),
                 RibEvent::Synced => synced = true,
             }
-            ev = rx.try_recv().ok();
+            // Bounded batches keep the peak memory small when the kernel
+            // is slower than the speaker.
+            ev = if changes.len() < 4096 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         match fib.apply(&changes) {
             Ok(r) => {

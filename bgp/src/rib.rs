@@ -14,7 +14,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use smallvec::SmallVec;
 
 use crate::packet::attribute::{FLAG_PARTIAL, FLAG_TRANSITIVE};
 use crate::packet::update::{encode_announce, encode_withdraw};
@@ -79,7 +78,87 @@ struct Path {
     stale: bool,
 }
 
-type Paths = SmallVec<[Path; 1]>;
+/// The paths of one prefix, best first: inline when there is one (the
+/// common case, no allocation), boxed otherwise; 16 bytes either way.
+#[derive(Debug, Clone, Default)]
+enum Paths {
+    #[default]
+    Empty,
+    One(Path),
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps Paths at 16 bytes; several paths per prefix are rare"
+    )]
+    Many(Box<Vec<Path>>),
+}
+
+impl Paths {
+    fn as_slice(&self) -> &[Path] {
+        match self {
+            Self::Empty => &[],
+            Self::One(p) => std::slice::from_ref(p),
+            Self::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Path] {
+        match self {
+            Self::Empty => &mut [],
+            Self::One(p) => std::slice::from_mut(p),
+            Self::Many(v) => v,
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Path> {
+        self.as_slice().iter()
+    }
+
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, Path> {
+        self.as_mut_slice().iter_mut()
+    }
+
+    fn first(&self) -> Option<&Path> {
+        self.as_slice().first()
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::Empty)
+    }
+
+    fn push(&mut self, p: Path) {
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(p),
+            Self::One(x) => Self::Many(Box::new(vec![x, p])),
+            Self::Many(mut v) => {
+                v.push(p);
+                Self::Many(v)
+            }
+        };
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Path) -> bool) {
+        *self = match std::mem::take(self) {
+            Self::One(p) if keep(&p) => Self::One(p),
+            Self::Many(mut v) => {
+                v.retain(|p| keep(p));
+                match v.len() {
+                    0 => Self::Empty,
+                    1 => v.pop().map_or(Self::Empty, Self::One),
+                    _ => Self::Many(v),
+                }
+            }
+            _ => Self::Empty,
+        };
+    }
+
+    fn sort_by(&mut self, cmp: impl FnMut(&Path, &Path) -> Ordering) {
+        self.as_mut_slice().sort_by(cmp);
+    }
+}
 
 /// A change of the best route for a prefix, as the kernel should see it:
 /// the next hops to forward to, empty when the prefix is gone (or is ours).

@@ -108,7 +108,7 @@ enum Command {
     Announce(Vec<IpNet>),
     Withdraw(Vec<IpNet>),
     SetAnnounced(Vec<IpNet>),
-    Subscribe(mpsc::UnboundedSender<RibEvent>),
+    Subscribe(mpsc::Sender<RibEvent>),
     Status(oneshot::Sender<Status>),
     Shutdown {
         graceful: bool,
@@ -128,6 +128,47 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// Batches a subscriber's channel holds; only [`PAUSE_BACKLOG`] are used in
+/// normal operation, the rest absorbs events made while paused.
+const SUBSCRIBER_QUEUE: usize = 1024;
+/// A subscriber this many batches behind pauses UPDATE intake.
+const PAUSE_BACKLOG: usize = 8;
+
+/// A route subscriber; events that do not fit its channel wait here.
+struct Subscriber {
+    tx: mpsc::Sender<RibEvent>,
+    overflow: std::collections::VecDeque<RibEvent>,
+}
+
+impl Subscriber {
+    /// Queues an event; false once the subscriber has gone away.
+    fn push(&mut self, ev: RibEvent) -> bool {
+        self.overflow.push_back(ev);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> bool {
+        while let Some(ev) = self.overflow.pop_front() {
+            match self.tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.overflow.push_front(ev);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        !self.tx.is_closed()
+    }
+
+    fn backlog(&self) -> usize {
+        SUBSCRIBER_QUEUE - self.tx.capacity() + self.overflow.len()
+    }
+}
+
+/// Decoded messages waiting for the core, over all connections.
+const EVENT_QUEUE: usize = 16;
+
 /// Starts speakers.
 #[derive(Debug)]
 pub struct Speaker;
@@ -137,7 +178,9 @@ impl Speaker {
     /// tokio runtime: peers connect, `announce` prefixes are originated.
     pub async fn start(config: Config) -> Result<SpeakerHandle, SpeakerError> {
         config.validate()?;
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        // Bounded: a fast peer is slowed down by TCP instead of filling memory
+        // with decoded UPDATEs the core has not applied yet.
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let mut listeners = Vec::new();
         for addr in &config.listen {
             let l = listen(*addr).map_err(|source| SpeakerError::Listen {
@@ -190,9 +233,12 @@ impl SpeakerHandle {
         self.send(Command::SetAnnounced(prefixes))
     }
 
-    /// A stream of best-route changes, starting with the whole table.
-    pub fn subscribe_routes(&self) -> Result<mpsc::UnboundedReceiver<RibEvent>, SpeakerError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A stream of best-route changes, starting with the whole table. Keep
+    /// reading it: while a subscriber is more than a few batches behind, the
+    /// speaker stops taking in UPDATEs (TCP slows the peers down), so that
+    /// a slow consumer such as the kernel bounds memory instead of growing it.
+    pub fn subscribe_routes(&self) -> Result<mpsc::Receiver<RibEvent>, SpeakerError> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         self.send(Command::Subscribe(tx))?;
         Ok(rx)
     }
@@ -240,11 +286,11 @@ enum IoEvent {
     Closed(ConnId, Option<String>),
 }
 
-async fn accept_loop(l: Arc<TcpListener>, tx: mpsc::UnboundedSender<IoEvent>) {
+async fn accept_loop(l: Arc<TcpListener>, tx: mpsc::Sender<IoEvent>) {
     loop {
         match l.accept().await {
             Ok((s, remote)) => {
-                if tx.send(IoEvent::Accepted(s, remote)).is_err() {
+                if tx.send(IoEvent::Accepted(s, remote)).await.is_err() {
                     return;
                 }
             }
@@ -256,7 +302,7 @@ async fn accept_loop(l: Arc<TcpListener>, tx: mpsc::UnboundedSender<IoEvent>) {
     }
 }
 
-async fn connect(peer: PeerConfig, conn: ConnId, tx: mpsc::UnboundedSender<IoEvent>) {
+async fn connect(peer: PeerConfig, conn: ConnId, tx: mpsc::Sender<IoEvent>) {
     let res = async {
         let addr = SocketAddr::new(peer.address, peer.port);
         let sock = if addr.is_ipv4() {
@@ -280,16 +326,12 @@ async fn connect(peer: PeerConfig, conn: ConnId, tx: mpsc::UnboundedSender<IoEve
         Ok(s) => IoEvent::Connected(peer.address, conn, s),
         Err(e) => IoEvent::ConnectFailed(peer.address, conn, e.to_string()),
     };
-    let _ = tx.send(ev);
+    let _ = tx.send(ev).await;
 }
 
 /// Cuts the byte stream into messages and decodes them. The 4-octet AS
 /// context follows the peer's OPEN (we always send the capability).
-async fn read_loop(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    conn: ConnId,
-    tx: mpsc::UnboundedSender<IoEvent>,
-) {
+async fn read_loop(mut r: tokio::net::tcp::OwnedReadHalf, conn: ConnId, tx: mpsc::Sender<IoEvent>) {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut ctx = Ctx::default();
@@ -303,25 +345,25 @@ async fn read_loop(
                         ctx.four_octet_as = o.four_octet_as().is_some();
                     }
                     let failed = msg.is_err();
-                    if tx.send(IoEvent::Received(conn, msg)).is_err() || failed {
+                    if tx.send(IoEvent::Received(conn, msg)).await.is_err() || failed {
                         return;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(IoEvent::Received(conn, Err(e)));
+                    let _ = tx.send(IoEvent::Received(conn, Err(e))).await;
                     return;
                 }
             }
         }
         match r.read(&mut chunk).await {
             Ok(0) => {
-                let _ = tx.send(IoEvent::Closed(conn, None));
+                let _ = tx.send(IoEvent::Closed(conn, None)).await;
                 return;
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => {
-                let _ = tx.send(IoEvent::Closed(conn, Some(e.to_string())));
+                let _ = tx.send(IoEvent::Closed(conn, Some(e.to_string()))).await;
                 return;
             }
         }
@@ -378,8 +420,8 @@ struct Core {
     peers: Vec<(IpAddr, Peer)>,
     conns: HashMap<ConnId, Conn>,
     listeners: Vec<Arc<TcpListener>>,
-    ev_tx: mpsc::UnboundedSender<IoEvent>,
-    subscribers: Vec<mpsc::UnboundedSender<RibEvent>>,
+    ev_tx: mpsc::Sender<IoEvent>,
+    subscribers: Vec<Subscriber>,
     announced: BTreeSet<IpNet>,
     next_conn: u64,
     next_idx: PeerIdx,
@@ -388,11 +430,7 @@ struct Core {
 }
 
 impl Core {
-    fn new(
-        config: Config,
-        listeners: Vec<Arc<TcpListener>>,
-        ev_tx: mpsc::UnboundedSender<IoEvent>,
-    ) -> Self {
+    fn new(config: Config, listeners: Vec<Arc<TcpListener>>, ev_tx: mpsc::Sender<IoEvent>) -> Self {
         let rib = Rib::new(RibConfig {
             local_as: config.asn,
             router_id: config.router_id,
@@ -424,7 +462,7 @@ impl Core {
     async fn run(
         mut self,
         mut cmds: mpsc::UnboundedReceiver<Command>,
-        mut events: mpsc::UnboundedReceiver<IoEvent>,
+        mut events: mpsc::Receiver<IoEvent>,
     ) {
         loop {
             let deadline = self.next_deadline();
@@ -441,12 +479,13 @@ impl Core {
                         return;
                     }
                 },
-                Some(ev) = events.recv() => {
+                Some(ev) = events.recv(), if !self.paused() => {
                     self.io_event(ev);
-                    // Drain what is already queued before exporting, so
-                    // that a burst of UPDATEs is exported in few messages.
+                    // Drain a little of what is queued before exporting:
+                    // fewer, fuller UPDATEs out, while the per-flush buffers
+                    // (and so the process's peak memory) stay small.
                     let mut n = 0;
-                    while n < 64 {
+                    while n < 4 {
                         match events.try_recv() {
                             Ok(ev) => self.io_event(ev),
                             Err(_) => break,
@@ -603,10 +642,16 @@ impl Core {
                 self.announced = wanted;
             }
             Command::Subscribe(tx) => {
-                let ok = tx.send(RibEvent::Routes(self.rib.snapshot())).is_ok()
-                    && (!self.synced || tx.send(RibEvent::Synced).is_ok());
+                let mut sub = Subscriber {
+                    tx,
+                    overflow: std::collections::VecDeque::new(),
+                };
+                let mut ok = sub.push(RibEvent::Routes(self.rib.snapshot()));
+                if self.synced {
+                    ok &= sub.push(RibEvent::Synced);
+                }
                 if ok {
-                    self.subscribers.push(tx);
+                    self.subscribers.push(sub);
                 }
             }
             Command::Status(tx) => {
@@ -662,7 +707,16 @@ impl Core {
         }
     }
 
+    /// A subscriber is behind: take no UPDATEs until it catches up.
+    fn paused(&self) -> bool {
+        self.subscribers.iter().any(|s| s.backlog() > PAUSE_BACKLOG)
+    }
+
     fn next_deadline(&self) -> Instant {
+        if self.paused() {
+            // Look again soon: nothing else wakes us when a subscriber reads.
+            return Instant::now() + Duration::from_millis(2);
+        }
         let mut next = Instant::now() + Duration::from_secs(3600);
         for (_, p) in &self.peers {
             for t in p.timers.values().chain(p.stale_deadline.iter()) {
@@ -990,8 +1044,7 @@ impl Core {
         if all_eor || Instant::now() >= self.sync_deadline {
             info!(all_eor, "initial routing convergence done");
             self.synced = true;
-            self.subscribers
-                .retain(|s| s.send(RibEvent::Synced).is_ok());
+            self.subscribers.retain_mut(|s| s.push(RibEvent::Synced));
         }
     }
 
@@ -1009,9 +1062,19 @@ impl Core {
             }
         }
         let changes = self.rib.take_changes();
-        if !changes.is_empty() {
-            self.subscribers
-                .retain(|s| s.send(RibEvent::Routes(changes.clone())).is_ok());
+        if changes.is_empty() {
+            self.subscribers.retain_mut(Subscriber::drain);
+            return;
         }
+        // Clone for all subscribers but the last, which gets the original.
+        let mut subs = std::mem::take(&mut self.subscribers);
+        let last = subs.pop();
+        subs.retain_mut(|s| s.push(RibEvent::Routes(changes.clone())));
+        if let Some(mut l) = last
+            && l.push(RibEvent::Routes(changes))
+        {
+            subs.push(l);
+        }
+        self.subscribers = subs;
     }
 }

@@ -39,15 +39,18 @@ fn captured_messages_decode_to_their_golden_values_and_encode_back() {
     let mut exact = 0;
     for f in &files {
         let bytes = hex(&std::fs::read_to_string(f).unwrap());
-        let msg = Message::decode(&bytes, &ctx)
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let msg = Message::decode(&bytes, &ctx).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let golden_path = f.with_extension("txt");
         let rendered = format!("{msg:#?}\n");
         if update {
             std::fs::write(&golden_path, &rendered).unwrap();
         } else {
-            let golden = std::fs::read_to_string(&golden_path)
-                .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_FIXTURES=1", golden_path.display()));
+            let golden = std::fs::read_to_string(&golden_path).unwrap_or_else(|_| {
+                panic!(
+                    "{} missing: run with UPDATE_FIXTURES=1",
+                    golden_path.display()
+                )
+            });
             assert_eq!(rendered, golden, "{} decodes differently", f.display());
         }
         let again = msg.encode(&ctx);
@@ -66,6 +69,12 @@ fn captured_messages_decode_to_their_golden_values_and_encode_back() {
             );
         }
     }
-    eprintln!("{exact} of {} fixtures re-encode byte for byte", files.len());
-    assert!(exact * 2 > files.len(), "too few exact round trips: {exact}");
+    eprintln!(
+        "{exact} of {} fixtures re-encode byte for byte",
+        files.len()
+    );
+    assert!(
+        exact * 2 > files.len(),
+        "too few exact round trips: {exact}"
+    );
 }

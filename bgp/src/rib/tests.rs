@@ -528,3 +528,29 @@ fn identical_attributes_are_shared_between_prefixes() {
     rib.gc();
     assert_eq!(rib.intern.len(), 1);
 }
+
+#[test]
+fn a_prefix_costs_24_bytes_in_the_table() {
+    assert_eq!(std::mem::size_of::<(Ipv4Net, Paths)>(), 24);
+}
+
+#[test]
+fn paths_shrink_back_to_inline_and_empty() {
+    let a = Arc::new(RouteAttrs {
+        next_hop: ip([1, 1, 1, 1]),
+        attrs: PathAttrs::default(),
+    });
+    let mk = |peer| Path {
+        attrs: a.clone(),
+        peer,
+        stale: false,
+    };
+    let mut ps = Paths::default();
+    ps.push(mk(1));
+    ps.push(mk(2));
+    assert_eq!(ps.len(), 2);
+    ps.retain(|p| p.peer == 2);
+    assert!(matches!(ps, Paths::One(ref p) if p.peer == 2));
+    ps.retain(|_| false);
+    assert!(ps.is_empty());
+}

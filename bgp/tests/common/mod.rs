@@ -161,6 +161,14 @@ impl Lab {
         pid
     }
 
+    /// Pid of the process started as `label`.
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, c)| c.id())
+    }
+
     /// Stops the process started as `label` with `signal` and waits for it.
     pub fn stop(&mut self, label: &str, signal: i32) {
         if let Some(pos) = self.children.iter().position(|(l, _)| l == label) {
@@ -273,15 +281,11 @@ impl Lab {
         let ctl = self.path(&format!("{label}.sock"));
         let toml = format!("control_socket = \"{}\"\n{toml}", ctl.display());
         let conf = self.write(&format!("{label}.toml"), &toml);
+        let bin = tabby_bin();
         self.spawn(
             short,
             label,
-            &[
-                env!("CARGO_BIN_EXE_tabby-bgp"),
-                "run",
-                "--config",
-                conf.to_str().unwrap(),
-            ],
+            &[&bin, "run", "--config", conf.to_str().unwrap()],
         );
         let t = Tabby { ctl };
         wait_until(&format!("tabby {label} control socket"), 30, || {
@@ -322,6 +326,22 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// The `tabby-bgp` binary: Cargo's path for tests, else next to the running
+/// example (`target/<profile>/examples/..` → `target/<profile>/tabby-bgp`).
+pub fn tabby_bin() -> String {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_tabby-bgp") {
+        return p.to_string();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("tabby-bgp");
+    assert!(
+        bin.exists(),
+        "{} missing: build it with `cargo build --release -p tabby-bgp` first",
+        bin.display()
+    );
+    bin.to_string_lossy().into_owned()
 }
 
 fn nix_is_root() -> bool {
