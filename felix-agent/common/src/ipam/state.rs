@@ -164,6 +164,10 @@ pub struct IpamState {
     /// Bumped by every change, so the store saves only what changed without
     /// keeping a copy to compare with. Not persisted, not compared.
     revision: u64,
+    /// While the store records a transaction: the keys whose attachment may
+    /// have changed, so that it can journal only those. Not persisted, not
+    /// compared; `None` when not recording.
+    touched: Option<BTreeSet<AttachmentKey>>,
 }
 
 impl PartialEq for IpamState {
@@ -287,6 +291,7 @@ impl IpamState {
         let out = ips.iter().copied().map(IpNet::from).collect();
         self.attachments
             .insert(key.clone(), Attachment { ips, meta });
+        self.touch(key);
         self.revision += 1;
         Ok(out)
     }
@@ -299,6 +304,7 @@ impl IpamState {
         for ip in &attachment.ips {
             self.used.remove(ip);
         }
+        self.touch(key);
         self.revision += 1;
         attachment.ips
     }
@@ -314,8 +320,9 @@ impl IpamState {
             }
             keep
         });
-        for (_, ip) in &released {
+        for (key, ip) in &released {
             self.used.remove(ip);
+            self.touch(key);
         }
         if !released.is_empty() {
             self.revision += 1;
@@ -336,6 +343,82 @@ impl IpamState {
     /// Changes whenever the state changes.
     pub(crate) fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// Starts recording which attachments change, for [`Self::take_changes`].
+    pub(crate) fn record_changes(&mut self) {
+        self.touched = Some(BTreeSet::new());
+    }
+
+    /// The keys whose attachment may have changed since
+    /// [`Self::record_changes`] (a key may be listed and yet be back to its
+    /// old value), and stops recording. `None` when the state was not
+    /// recording, e.g. because it was replaced by another one.
+    pub(crate) fn take_changes(&mut self) -> Option<BTreeSet<AttachmentKey>> {
+        self.touched.take()
+    }
+
+    fn touch(&mut self, key: &AttachmentKey) {
+        if let Some(touched) = &mut self.touched {
+            touched.insert(key.clone());
+        }
+    }
+
+    /// The attachment of `key`, details included.
+    pub(crate) fn attachment(&self, key: &AttachmentKey) -> Option<&Attachment> {
+        self.attachments.get(key)
+    }
+
+    /// Every cursor, by block.
+    pub(crate) fn cursor_map(&self) -> &BTreeMap<IpNet, IpAddr> {
+        &self.cursors
+    }
+
+    /// Replaces every cursor (replaying a journal).
+    pub(crate) fn set_cursor_map(&mut self, cursors: BTreeMap<IpNet, IpAddr>) {
+        if self.cursors != cursors {
+            self.cursors = cursors;
+            self.revision += 1;
+        }
+    }
+
+    /// Adds an attachment as stored (replaying a journal), refusing one that
+    /// would break the invariant: `key` must be absent and its addresses free.
+    /// An attachment without addresses is dropped, as on load.
+    pub(crate) fn insert_attachment(
+        &mut self,
+        key: AttachmentKey,
+        mut attachment: Attachment,
+    ) -> Result<(), StateDocError> {
+        if attachment.ips.is_empty() {
+            return Ok(());
+        }
+        for (i, ip) in attachment.ips.iter().enumerate() {
+            if self.used.contains(ip) || attachment.ips[..i].contains(ip) {
+                // Error path only: find who had it first.
+                let first = self
+                    .owner(*ip)
+                    .map_or_else(|| key.clone(), |(k, _)| k.clone());
+                return Err(StateDocError::SharedAddress {
+                    addr: *ip,
+                    first,
+                    second: key,
+                });
+            }
+        }
+        self.touch(&key);
+        match self.attachments.entry(key) {
+            Entry::Occupied(e) => Err(StateDocError::DuplicateAttachment {
+                key: e.key().clone(),
+            }),
+            Entry::Vacant(e) => {
+                attachment.ips.sort();
+                self.used.extend(attachment.ips.iter().copied());
+                e.insert(attachment);
+                self.revision += 1;
+                Ok(())
+            }
+        }
     }
 
     /// How full each block is.
@@ -399,6 +482,9 @@ impl IpamState {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StateDoc {
+    /// The store's, not the state's: see [`Snapshot`].
+    #[serde(default)]
+    journal_gen: u64,
     #[serde(default)]
     boot_id: String,
     #[serde(default)]
@@ -410,7 +496,7 @@ struct StateDoc {
 /// One entry of [`StateDoc::attachments`].
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AttachmentDoc {
+pub(crate) struct AttachmentDoc {
     container_id: String,
     ifname: String,
     ips: Vec<IpAddr>,
@@ -422,10 +508,34 @@ struct AttachmentDoc {
     name: Option<String>,
 }
 
+impl AttachmentDoc {
+    /// The key, and the attachment with its addresses as stored.
+    pub(crate) fn into_parts(self) -> (AttachmentKey, Attachment) {
+        let key = AttachmentKey {
+            container_id: self.container_id,
+            ifname: self.ifname,
+        };
+        let meta = OwnerMeta {
+            host_iface: self.host_iface,
+            namespace: self.namespace,
+            name: self.name,
+        };
+        (
+            key,
+            Attachment {
+                ips: self.ips,
+                meta,
+            },
+        )
+    }
+}
+
 /// [`StateDoc`] borrowed from an [`IpamState`], to save without copying.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StateDocRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    journal_gen: Option<u64>,
     boot_id: &'a str,
     cursors: &'a BTreeMap<IpNet, IpAddr>,
     attachments: AttachmentsRef<'a>,
@@ -436,7 +546,7 @@ struct AttachmentsRef<'a>(&'a BTreeMap<AttachmentKey, Attachment>);
 /// [`AttachmentDoc`] borrowed.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct AttachmentDocRef<'a> {
+pub(crate) struct AttachmentDocRef<'a> {
     container_id: &'a str,
     ifname: &'a str,
     ips: &'a [IpAddr],
@@ -448,22 +558,30 @@ struct AttachmentDocRef<'a> {
     name: Option<&'a str>,
 }
 
-impl Serialize for AttachmentsRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(key, a)| AttachmentDocRef {
+impl<'a> AttachmentDocRef<'a> {
+    /// One attachment as stored.
+    pub(crate) fn new(key: &'a AttachmentKey, a: &'a Attachment) -> Self {
+        Self {
             container_id: &key.container_id,
             ifname: &key.ifname,
             ips: &a.ips,
             host_iface: a.meta.host_iface.as_deref(),
             namespace: a.meta.namespace.as_deref(),
             name: a.meta.name.as_deref(),
-        }))
+        }
+    }
+}
+
+impl Serialize for AttachmentsRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(key, a)| AttachmentDocRef::new(key, a)))
     }
 }
 
 impl Serialize for IpamState {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         StateDocRef {
+            journal_gen: None,
             boot_id: &self.boot_id,
             cursors: &self.cursors,
             attachments: AttachmentsRef(&self.attachments),
@@ -472,10 +590,55 @@ impl Serialize for IpamState {
     }
 }
 
+/// The document as the store keeps it: the state plus the generation of the
+/// journal that continues it (0 when absent, as in files of older versions).
+/// Parsed in one pass, unlike a `#[serde(flatten)]` wrapper, which would
+/// buffer the whole document first.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "StateDoc")]
+pub(crate) struct Snapshot {
+    /// The state.
+    pub(crate) state: IpamState,
+    /// The store's journal generation.
+    pub(crate) journal_gen: u64,
+}
+
+impl TryFrom<StateDoc> for Snapshot {
+    type Error = StateDocError;
+
+    fn try_from(doc: StateDoc) -> Result<Self, Self::Error> {
+        let journal_gen = doc.journal_gen;
+        Ok(Self {
+            state: IpamState::try_from(doc)?,
+            journal_gen,
+        })
+    }
+}
+
+/// [`Snapshot`] borrowed, to save without copying.
+pub(crate) struct SnapshotRef<'a> {
+    /// The state.
+    pub(crate) state: &'a IpamState,
+    /// The store's journal generation.
+    pub(crate) journal_gen: u64,
+}
+
+impl Serialize for SnapshotRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StateDocRef {
+            journal_gen: Some(self.journal_gen),
+            boot_id: &self.state.boot_id,
+            cursors: &self.state.cursors,
+            attachments: AttachmentsRef(&self.state.attachments),
+        }
+        .serialize(serializer)
+    }
+}
+
 /// A stored state that breaks the allocator's invariant: never written by
 /// this code, so the file was edited or damaged, and it is refused.
 #[derive(Debug, thiserror::Error)]
-enum StateDocError {
+pub(crate) enum StateDocError {
     #[error("address {addr} is held by both {first} and {second}")]
     SharedAddress {
         addr: IpAddr,
@@ -490,55 +653,17 @@ impl TryFrom<StateDoc> for IpamState {
     type Error = StateDocError;
 
     fn try_from(doc: StateDoc) -> Result<Self, Self::Error> {
-        let mut used = BTreeSet::new();
-        let mut attachments: BTreeMap<AttachmentKey, Attachment> = BTreeMap::new();
-        for entry in doc.attachments {
-            let key = AttachmentKey {
-                container_id: entry.container_id,
-                ifname: entry.ifname,
-            };
-            if entry.ips.is_empty() {
-                continue;
-            }
-            for ip in &entry.ips {
-                if !used.insert(*ip) {
-                    // Error path only: find who had it first.
-                    let first = attachments
-                        .iter()
-                        .find(|(_, a)| a.ips.contains(ip))
-                        .map_or_else(|| key.clone(), |(k, _)| k.clone());
-                    return Err(StateDocError::SharedAddress {
-                        addr: *ip,
-                        first,
-                        second: key,
-                    });
-                }
-            }
-            let mut ips = entry.ips;
-            ips.sort();
-            let meta = OwnerMeta {
-                host_iface: entry.host_iface,
-                namespace: entry.namespace,
-                name: entry.name,
-            };
-            match attachments.entry(key) {
-                Entry::Occupied(e) => {
-                    return Err(StateDocError::DuplicateAttachment {
-                        key: e.key().clone(),
-                    });
-                }
-                Entry::Vacant(e) => {
-                    e.insert(Attachment { ips, meta });
-                }
-            }
-        }
-        Ok(Self {
+        let mut state = Self {
             boot_id: doc.boot_id,
-            attachments,
-            used,
             cursors: doc.cursors,
-            revision: 0,
-        })
+            ..Self::default()
+        };
+        for entry in doc.attachments {
+            let (key, attachment) = entry.into_parts();
+            state.insert_attachment(key, attachment)?;
+        }
+        state.revision = 0;
+        Ok(state)
     }
 }
 
