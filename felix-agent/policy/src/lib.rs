@@ -1,0 +1,8 @@
+//! The NetworkPolicy index: Pods, Namespaces and NetworkPolicies in, per
+//! endpoint rule sets and named address sets out. Pure: no I/O, no clocks,
+//! no async; fed by `reset`/`apply_*`/`delete_*` and queried by the
+//! dataplanes.
+
+pub mod model;
+
+pub use model::*;
