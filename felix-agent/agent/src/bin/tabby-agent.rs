@@ -1,0 +1,3 @@
+//! `tabby-agent`: the per-node daemon.
+
+fn main() {}

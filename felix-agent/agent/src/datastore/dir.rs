@@ -1,0 +1,1 @@
+//! The directory backend: multi-document YAML manifests in a directory.

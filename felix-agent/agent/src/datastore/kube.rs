@@ -1,0 +1,1 @@
+//! The Kubernetes backend: kube-rs watchers turned into [`super::Event`]s.

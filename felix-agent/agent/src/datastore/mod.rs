@@ -1,0 +1,118 @@
+//! The datastore: where the agent learns about Pods, Namespaces,
+//! NetworkPolicies and Nodes. Two backends produce the same stream of
+//! [`Event`]s: Kubernetes (watchers) and a directory of manifests (the lab,
+//! standalone nodes, tests).
+//!
+//! Each kind is resynchronised independently: [`Event::Reset`] carries the
+//! complete current set of objects of one kind and replaces what the
+//! consumer knew of that kind (a watcher's initial list or relist), so a
+//! partial snapshot is never used to prune. Deletes may be lost across a
+//! relist; the consumer reconciles from the reset, not from events.
+
+pub mod dir;
+pub mod kube;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+/// The kinds the agent watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `v1/Pod`.
+    Pod,
+    /// `v1/Namespace`.
+    Namespace,
+    /// `networking.k8s.io/v1/NetworkPolicy`.
+    NetworkPolicy,
+    /// `v1/Node`.
+    Node,
+}
+
+/// One object of a watched kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    /// A Pod.
+    Pod(Box<Pod>),
+    /// A Namespace.
+    Namespace(Box<Namespace>),
+    /// A NetworkPolicy.
+    NetworkPolicy(Box<NetworkPolicy>),
+    /// A Node.
+    Node(Box<Node>),
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::Node(_) => Kind::Node,
+        }
+    }
+
+    /// The object's reference (kind, namespace, name).
+    pub fn reference(&self) -> ObjectRef {
+        let meta = match self {
+            Object::Pod(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+        };
+        ObjectRef {
+            kind: self.kind(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Identifies an object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace (None for cluster-scoped kinds).
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+/// A change in the datastore.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The complete current set of objects of one kind.
+    Reset(Kind, Vec<Object>),
+    /// An object was added or changed.
+    Apply(Object),
+    /// An object was deleted.
+    Delete(ObjectRef),
+}
+
+/// Errors of the datastore layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    /// A manifest file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest does not parse or is of a kind the agent does not know.
+    #[error("{path}: document {index}: {detail}")]
+    Manifest {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Position of the document in the file (0-based).
+        index: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The Kubernetes client could not be set up.
+    #[error("kubernetes client: {0}")]
+    Client(String),
+}

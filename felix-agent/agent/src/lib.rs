@@ -1,0 +1,5 @@
+//! The tabby node agent as a library: datastore backends, the policy
+//! dataplane, route reconciliation and the CNI plugin's socket. The
+//! `tabby-agent` binary wires them together.
+
+pub mod datastore;
