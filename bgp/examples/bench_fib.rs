@@ -1,8 +1,8 @@
 //! Benchmark: a BIRD feeder announces 100,000 IPv4 /26s over eBGP; the
 //! receiver is either `tabby-bgp` or BIRD, in alternating passes of the same
-//! run. For each pass: time from the feeder enabling its session to all
-//! prefixes in the receiver's RIB and in its kernel FIB, and the receiver's
-//! RSS at the end.
+//! run. For each pass: time from the receiver's session reaching
+//! Established (polled every 5 ms) to all prefixes in its RIB and in its
+//! kernel FIB (polled every 20 ms), and the receiver's RSS at the end.
 //!
 //! Run as root: `cargo build --release -p tabby-bgp && cargo run --release
 //! -p tabby-bgp --example bench_fib -- [PASSES] [ROUTES]`.
@@ -104,19 +104,29 @@ fn run_pass(kind: Receiver, routes: u32, feeder: &str) -> Pass {
         bird.cmd("show route count")
             .contains(&format!("{routes} of {routes} routes"))
     });
-    let rib_done: Box<dyn Fn() -> bool> = match kind {
+    // (is the session Established?, are all prefixes in the RIB?)
+    type Probe = Box<dyn Fn() -> bool>;
+    let (established, rib_done): (Probe, Probe) = match kind {
         Receiver::Tabby => {
-            let t = lab.tabby("recv", "tabby", RECEIVER_TABBY);
+            let t = std::rc::Rc::new(lab.tabby("recv", "tabby", RECEIVER_TABBY));
             let want = u64::from(routes);
-            Box::new(move || {
-                t.try_status()
-                    .is_some_and(|s| s["loc_rib_prefixes"].as_u64() == Some(want))
-            })
+            let t2 = t.clone();
+            (
+                Box::new(move || t.established("192.168.55.2")),
+                Box::new(move || {
+                    t2.try_status()
+                        .is_some_and(|s| s["loc_rib_prefixes"].as_u64() == Some(want))
+                }),
+            )
         }
         Receiver::Bird => {
-            let b = lab.bird("recv", "receiver", RECEIVER_BIRD);
+            let b = std::rc::Rc::new(lab.bird("recv", "receiver", RECEIVER_BIRD));
             let want = format!("{routes} of {routes} routes");
-            Box::new(move || b.cmd("show route count").contains(&want))
+            let b2 = b.clone();
+            (
+                Box::new(move || b.established("feed")),
+                Box::new(move || b2.cmd("show route count").contains(&want)),
+            )
         }
     };
     let label = match kind {
@@ -124,8 +134,17 @@ fn run_pass(kind: Receiver, routes: u32, feeder: &str) -> Pass {
         Receiver::Bird => "receiver",
     };
     let pid = lab.pid(label).unwrap();
-    let t0 = Instant::now();
     bird.cmd("enable recv");
+    let mut t0 = Instant::now();
+    while !established() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "session never came up"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Times count from the first poll that saw Established.
+    t0 = Instant::now();
     let mut rib = None;
     let mut fib = None;
     let deadline = t0 + Duration::from_secs(300);

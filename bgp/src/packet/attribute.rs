@@ -139,7 +139,7 @@ pub struct Aggregator {
 /// An attribute this speaker does not interpret, kept to be passed on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RawAttr {
-    /// Flags as received (length bit cleared).
+    /// Flags as received (length and unused bits cleared).
     pub flags: u8,
     /// Type code.
     pub code: u8,
@@ -236,7 +236,8 @@ pub(crate) fn decode(buf: &[u8], ctx: &Ctx) -> Result<Decoded, DecodeError> {
             continue;
         }
         seen[idx] = true;
-        let flags = flags & !FLAG_EXT_LEN;
+        // The low four bits are unused: ignore them (RFC 4271 §4.3).
+        let flags = flags & !FLAG_EXT_LEN & 0xf0;
         match expected_flags(code) {
             None if flags & FLAG_OPTIONAL == 0 => {
                 return Err(DecodeError::UnrecognizedWellKnown { code });

@@ -421,6 +421,17 @@ fn an_unknown_optional_transitive_attribute_is_kept() {
 }
 
 #[test]
+fn the_unused_low_flag_bits_are_ignored() {
+    // Found by fuzzing: 0x82 must read as optional non-transitive.
+    let u = decode_update(
+        &format!("{ORIGIN_IGP} {EMPTY_PATH} {NH} 82 63 00"),
+        "18 0a0101",
+    )
+    .unwrap();
+    assert_eq!(u.attrs.unwrap().unknown[0].flags, 0x80);
+}
+
+#[test]
 fn an_unknown_well_known_attribute_resets_the_session() {
     let err = decode_update(&format!("{ORIGIN_IGP} {EMPTY_PATH} {NH} 40 63 00"), "").unwrap_err();
     let n = err.to_notification();
