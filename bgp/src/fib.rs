@@ -201,20 +201,11 @@ impl FibInstaller {
                 seq,
             )?;
             'recv: loop {
-                let n = self
-                    .sock
-                    .recv(&mut &mut self.rbuf[..], 0)
-                    .map_err(nl_err("recv dump"))?;
-                let mut off = 0;
-                while off < n {
-                    let msg =
-                        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.rbuf[off..n])
-                            .map_err(|e| FibError::Parse(e.to_string()))?;
-                    let len = usize::try_from(msg.header.length).unwrap_or(0);
-                    if len == 0 {
-                        break 'recv;
-                    }
-                    off += len;
+                let msgs = self.recv_messages("recv dump")?;
+                if msgs.is_empty() {
+                    break 'recv;
+                }
+                for msg in msgs {
                     match msg.payload {
                         NetlinkPayload::Done(_) => break 'recv,
                         NetlinkPayload::Error(e) if e.code.is_some() => {
@@ -232,6 +223,30 @@ impl FibInstaller {
                     }
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Receives one datagram and parses the netlink messages in it.
+    fn recv_messages(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, FibError> {
+        let n = self
+            .sock
+            .recv(&mut &mut self.rbuf[..], 0)
+            .map_err(nl_err(what))?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < n {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.rbuf[off..n])
+                .map_err(|e| FibError::Parse(e.to_string()))?;
+            let len = usize::try_from(msg.header.length).unwrap_or(0);
+            if len == 0 {
+                break;
+            }
+            off += len;
+            out.push(msg);
         }
         Ok(out)
     }
@@ -295,20 +310,11 @@ impl FibInstaller {
             failed.resize_with(chunk.len(), || None);
             let mut done = false;
             while !done {
-                let n = self
-                    .sock
-                    .recv(&mut &mut self.rbuf[..], 0)
-                    .map_err(nl_err("recv acks"))?;
-                let mut off = 0;
-                while off < n {
-                    let msg =
-                        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.rbuf[off..n])
-                            .map_err(|e| FibError::Parse(e.to_string()))?;
-                    let len = usize::try_from(msg.header.length).unwrap_or(0);
-                    if len == 0 {
-                        break;
-                    }
-                    off += len;
+                let msgs = self.recv_messages("recv acks")?;
+                if msgs.is_empty() {
+                    break;
+                }
+                for msg in msgs {
                     let NetlinkPayload::Error(e) = msg.payload else {
                         continue;
                     };
