@@ -220,6 +220,45 @@ fn a_graceful_restart_of_our_speaker_keeps_routes_on_both_sides_until_end_of_rib
     assert!(lab.log("tabby2").contains("restarting gracefully"));
 }
 
+#[test]
+fn when_bird_restarts_gracefully_we_keep_its_routes_until_its_end_of_rib() {
+    let mut lab = Lab::new("grhelper");
+    pair(&mut lab);
+    let bird = lab.bird(
+        "bird",
+        "bird1",
+        &ebgp_bird_conf("graceful restart on;", BIRD_STATICS),
+    );
+    let tabby = lab.tabby("us", "tabby", TABBY_EBGP);
+    wait_until("session up", 60, || {
+        tabby.established("10.77.0.2") && bird.established("tabby")
+    });
+    wait_until("BIRD's routes in our FIB", 30, || {
+        lab.has_route("us", "10.20.0.0/26", &["via 10.77.0.2", "proto 151"])
+            && lab.has_route("us", "10.20.0.64/26", &["via 10.77.0.2", "proto 151"])
+    });
+    // BIRD dies without a NOTIFICATION: we are the helper and keep its
+    // routes (stale) in our RIB and kernel.
+    lab.stop("bird1", 9);
+    wait_until("we notice the session is gone", 30, || {
+        !tabby.established("10.77.0.2")
+    });
+    holds_for("stale routes stay in our FIB while BIRD is away", 2, || {
+        lab.has_route("us", "10.20.0.0/26", &["via 10.77.0.2", "proto 151"])
+            && lab.has_route("us", "10.20.0.64/26", &["via 10.77.0.2", "proto 151"])
+    });
+    // BIRD comes back in restart mode without one of its routes.
+    let conf = ebgp_bird_conf("graceful restart on;", "route 10.20.0.0/26 via 10.77.0.2;");
+    let bird = lab.bird_with("bird", "bird2", &conf, &["-R"]);
+    wait_until("session back up", 60, || {
+        tabby.established("10.77.0.2") && bird.established("tabby")
+    });
+    wait_until("the route BIRD lost is swept at its End-of-RIB", 60, || {
+        !lab.routes("us").contains("10.20.0.64/26")
+    });
+    assert!(lab.has_route("us", "10.20.0.0/26", &["via 10.77.0.2", "proto 151"]));
+}
+
 /// Our speaker as route reflector for two BIRD clients on one bridge.
 #[test]
 fn our_route_reflector_reflects_between_two_bird_clients() {

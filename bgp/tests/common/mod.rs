@@ -201,21 +201,24 @@ impl Lab {
 
     /// Starts BIRD in `short` with config text; returns a handle.
     pub fn bird(&mut self, short: &str, label: &str, conf: &str) -> Bird {
+        self.bird_with(short, label, conf, &[])
+    }
+
+    /// Starts BIRD with extra command line arguments (e.g. `-R`).
+    pub fn bird_with(&mut self, short: &str, label: &str, conf: &str, extra: &[&str]) -> Bird {
         require("bird", "bird2");
         let conf_path = self.write(&format!("{label}.conf"), conf);
         let ctl = self.path(&format!("{label}.ctl"));
-        self.spawn(
-            short,
-            label,
-            &[
-                "bird",
-                "-f",
-                "-c",
-                conf_path.to_str().unwrap(),
-                "-s",
-                ctl.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec![
+            "bird",
+            "-f",
+            "-c",
+            conf_path.to_str().unwrap(),
+            "-s",
+            ctl.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(short, label, &args);
         let bird = Bird { ctl };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !bird.cmd("show status").contains("Daemon is up") {
