@@ -171,7 +171,7 @@ pub struct PathAttrs {
     pub originator_id: Option<Ipv4Addr>,
     /// CLUSTER_LIST, leftmost first.
     pub cluster_list: Vec<Ipv4Addr>,
-    /// Unrecognised optional attributes, kept in order.
+    /// Unrecognised optional attributes, by ascending type code.
     pub unknown: Vec<RawAttr>,
 }
 
@@ -325,6 +325,9 @@ pub(crate) fn decode(buf: &[u8], ctx: &Ctx) -> Result<Decoded, DecodeError> {
             _ => {}
         }
     }
+    // Attributes go out in ascending type code order, so keep unknown ones
+    // that way too: decode(encode(x)) == x.
+    d.attrs.unknown.sort_by_key(|u| u.code);
     d.has_origin = seen[usize::from(ORIGIN)];
     d.has_as_path = seen[usize::from(AS_PATH)];
     if let Some(as4) = as4_path {

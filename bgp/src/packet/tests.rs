@@ -421,6 +421,18 @@ fn an_unknown_optional_transitive_attribute_is_kept() {
 }
 
 #[test]
+fn unknown_attributes_are_kept_in_type_code_order() {
+    // Found by fuzzing: wire order 255, 225 used to re-encode as 225, 255.
+    let u = decode_update(
+        &format!("{ORIGIN_IGP} {EMPTY_PATH} {NH} e0 ff 00 e0 e1 00"),
+        "18 0a0101",
+    )
+    .unwrap();
+    let codes: Vec<u8> = u.attrs.unwrap().unknown.iter().map(|a| a.code).collect();
+    assert_eq!(codes, vec![0xe1, 0xff]);
+}
+
+#[test]
 fn the_unused_low_flag_bits_are_ignored() {
     // Found by fuzzing: 0x82 must read as optional non-transitive.
     let u = decode_update(
