@@ -166,6 +166,13 @@ impl Subscriber {
     }
 }
 
+/// `now + d`, saturating at a year instead of overflowing on absurd
+/// configured durations.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Decoded messages waiting for the core, over all connections.
 const EVENT_QUEUE: usize = 16;
 
@@ -336,11 +343,14 @@ async fn read_loop(mut r: tokio::net::tcp::OwnedReadHalf, conn: ConnId, tx: mpsc
     let mut chunk = vec![0u8; 64 * 1024];
     let mut ctx = Ctx::default();
     loop {
+        // Decode every complete message, then drop them from the buffer
+        // in one move.
+        let mut off = 0;
         loop {
-            match packet::frame_len(&buf) {
+            match packet::frame_len(&buf[off..]) {
                 Ok(Some(len)) => {
-                    let msg = Message::decode(&buf[..len], &ctx);
-                    buf.drain(..len);
+                    let msg = Message::decode(&buf[off..off + len], &ctx);
+                    off += len;
                     if let Ok(Message::Open(o)) = &msg {
                         ctx.four_octet_as = o.four_octet_as().is_some();
                     }
@@ -356,6 +366,7 @@ async fn read_loop(mut r: tokio::net::tcp::OwnedReadHalf, conn: ConnId, tx: mpsc
                 }
             }
         }
+        buf.drain(..off);
         match r.read(&mut chunk).await {
             Ok(0) => {
                 let _ = tx.send(IoEvent::Closed(conn, None)).await;
@@ -444,7 +455,7 @@ impl Core {
             0
         };
         Self {
-            sync_deadline: Instant::now() + Duration::from_secs(wait),
+            sync_deadline: after(Instant::now(), Duration::from_secs(wait)),
             config,
             rib,
             peers: Vec::new(),
@@ -901,7 +912,7 @@ impl Core {
             }
             Action::StartTimer(t, d) => {
                 if let Some(p) = self.peer_mut(addr) {
-                    p.timers.insert(t, now + d);
+                    p.timers.insert(t, after(now, d));
                 }
             }
             Action::StopTimer(t) => {
@@ -926,7 +937,7 @@ impl Core {
                 let cfg = p.cfg.clone();
                 let had_stale = p.stale_deadline.is_some();
                 if had_stale {
-                    p.stale_deadline = Some(now + stale_time);
+                    p.stale_deadline = Some(after(now, stale_time));
                 }
                 let ctx = Ctx {
                     four_octet_as: neg.four_octet_as,
@@ -992,7 +1003,7 @@ impl Core {
                     .map(|g| g.restart_time);
                 let graceful = d.graceful && restart.is_some();
                 if graceful {
-                    p.stale_deadline = restart.map(|r| now + r);
+                    p.stale_deadline = restart.map(|r| after(now, r));
                 }
                 self.rib.peer_down(idx, graceful);
                 self.rib.gc();
