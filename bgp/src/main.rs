@@ -149,6 +149,7 @@ fn run(path: PathBuf, no_fib: bool, control_socket: Option<PathBuf>) -> anyhow::
 async fn serve(cfg: Config, fib: Option<FibInstaller>) -> anyhow::Result<()> {
     let graceful = cfg.graceful_restart.enabled;
     let socket = cfg.control_socket.clone();
+    let socket_path = socket.clone();
     let handle = Speaker::start(cfg).await?;
     let installer = match fib {
         Some(f) => {
@@ -171,6 +172,9 @@ async fn serve(cfg: Config, fib: Option<FibInstaller>) -> anyhow::Result<()> {
     info!(graceful, "stopping");
     handle.shutdown(graceful).await?;
     drop(handle);
+    if let Some(p) = socket_path {
+        let _ = std::fs::remove_file(p);
+    }
     if let Some(t) = installer
         && t.join().is_err()
     {
