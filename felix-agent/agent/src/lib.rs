@@ -3,3 +3,4 @@
 //! `tabby-agent` binary wires them together.
 
 pub mod datastore;
+pub mod nft;

@@ -1,1 +1,318 @@
-//! The directory backend: multi-document YAML manifests in a directory.
+//! The directory backend: multi-document YAML (or JSON) manifests in a
+//! directory, as `kubectl apply -f` would take them. Used by the lab,
+//! standalone nodes and tests.
+//!
+//! The directory is polled (every 300 ms by default): polling needs no
+//! inotify limits, sees files replaced by rename, and costs one `stat` per
+//! file. A file that does not parse keeps its previous objects (and the
+//! error is logged), so a half-written file never deletes anything.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::Deserialize;
+use tokio::sync::mpsc::Sender;
+use tracing::{debug, warn};
+
+use super::{DatastoreError, Event, Kind, Object, ObjectRef};
+
+/// All kinds this backend reports, in the order of the initial resets
+/// (namespaces before the pods and policies that refer to them).
+const KINDS: [Kind; 4] = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::NetworkPolicy];
+
+/// Parses one manifest file into the objects the agent watches; documents of
+/// other kinds are skipped.
+pub fn parse_manifests(path: &Path, text: &str) -> Result<Vec<Object>, DatastoreError> {
+    let mut out = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let err = |detail: String| DatastoreError::Manifest {
+            path: path.to_path_buf(),
+            index,
+            detail,
+        };
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let api = value
+            .get("apiVersion")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let obj = match (api.as_str(), kind.as_str()) {
+            ("v1", "Pod") => Object::Pod(Box::new(from_value::<Pod>(value).map_err(err)?)),
+            ("v1", "Namespace") => {
+                Object::Namespace(Box::new(from_value::<Namespace>(value).map_err(err)?))
+            }
+            ("v1", "Node") => Object::Node(Box::new(from_value::<Node>(value).map_err(err)?)),
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                Object::NetworkPolicy(Box::new(from_value::<NetworkPolicy>(value).map_err(err)?))
+            }
+            ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
+            _ => {
+                debug!(path = %path.display(), %api, %kind, "skipping a kind the agent does not watch");
+                continue;
+            }
+        };
+        out.push(default_namespace(obj));
+    }
+    Ok(out)
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
+    serde_yaml::from_value(v).map_err(|e| e.to_string())
+}
+
+/// Namespaced objects without a namespace land in `default`, as with kubectl.
+fn default_namespace(mut obj: Object) -> Object {
+    let meta = match &mut obj {
+        Object::Pod(o) => Some(&mut o.metadata),
+        Object::NetworkPolicy(o) => Some(&mut o.metadata),
+        Object::Namespace(_) | Object::Node(_) => None,
+    };
+    if let Some(m) = meta
+        && m.namespace.as_deref().is_none_or(str::is_empty)
+    {
+        m.namespace = Some("default".into());
+    }
+    obj
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct FileState {
+    stamp: (SystemTime, u64),
+    objects: Vec<Object>,
+}
+
+/// Watches a manifest directory.
+#[derive(Debug)]
+pub struct DirDatastore {
+    dir: PathBuf,
+    poll: Duration,
+    files: HashMap<PathBuf, FileState>,
+}
+
+impl DirDatastore {
+    /// A datastore over `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DirDatastore {
+            dir: dir.into(),
+            poll: Duration::from_millis(300),
+            files: HashMap::new(),
+        }
+    }
+
+    /// Sets the polling interval.
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Rescans the directory; returns true when any file changed.
+    fn scan(&mut self) -> bool {
+        let mut seen = Vec::new();
+        let mut changed = false;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "cannot read the manifest directory");
+                return false;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_manifest = [".yaml", ".yml", ".json"].iter().any(|s| name.ends_with(s));
+            if name.starts_with('.') || !is_manifest {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
+            seen.push(path.clone());
+            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot read manifest");
+                    continue;
+                }
+            };
+            match parse_manifests(&path, &text) {
+                Ok(objects) => {
+                    changed = true;
+                    self.files.insert(path, FileState { stamp, objects });
+                }
+                Err(e) => {
+                    warn!(error = %e, "keeping the previous contents of a manifest that does not parse")
+                }
+            }
+        }
+        let before = self.files.len();
+        self.files.retain(|p, _| seen.contains(p));
+        changed || self.files.len() != before
+    }
+
+    fn snapshot(&self) -> BTreeMap<ObjectRef, Object> {
+        let mut all = BTreeMap::new();
+        let mut paths: Vec<&PathBuf> = self.files.keys().collect();
+        // Later files (by name) win on duplicates, deterministically.
+        paths.sort();
+        for p in paths {
+            for o in &self.files[p].objects {
+                all.insert(o.reference(), o.clone());
+            }
+        }
+        all
+    }
+
+    /// Sends one Reset per kind, then Apply/Delete events as files change,
+    /// until the receiver goes away.
+    pub async fn run(mut self, tx: Sender<Event>) {
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            warn!(dir = %self.dir.display(), error = %e, "cannot create the manifest directory");
+        }
+        self.scan();
+        let mut known = self.snapshot();
+        for kind in KINDS {
+            let objects: Vec<Object> = known
+                .values()
+                .filter(|o| o.kind() == kind)
+                .cloned()
+                .collect();
+            if tx.send(Event::Reset(kind, objects)).await.is_err() {
+                return;
+            }
+        }
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if tx.is_closed() {
+                return;
+            }
+            if !self.scan() {
+                continue;
+            }
+            let now = self.snapshot();
+            for (r, o) in &now {
+                if known.get(r) != Some(o) && tx.send(Event::Apply(o.clone())).await.is_err() {
+                    return;
+                }
+            }
+            for r in known.keys().filter(|r| !now.contains_key(*r)) {
+                if tx.send(Event::Delete(r.clone())).await.is_err() {
+                    return;
+                }
+            }
+            known = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_manifests_parse_and_unknown_kinds_are_skipped() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {ns: x}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, labels: {pod: a}}
+spec: {containers: [{name: c, image: i, ports: [{containerPort: 80, name: http}]}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}}
+"#;
+        let objs = parse_manifests(Path::new("t.yaml"), text).unwrap();
+        assert_eq!(objs.len(), 3);
+        assert_eq!(objs[1].reference().namespace.as_deref(), Some("default"));
+        assert_eq!(objs[2].kind(), Kind::NetworkPolicy);
+    }
+
+    #[test]
+    fn a_broken_document_is_an_error_with_its_position() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\nkind: [\n";
+        let err = parse_manifests(Path::new("t.yaml"), text).unwrap_err();
+        assert!(err.to_string().contains("document 1"), "{err}");
+        let err = parse_manifests(Path::new("t.yaml"), "metadata: {name: a}\n").unwrap_err();
+        assert!(err.to_string().contains("required"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn changes_become_apply_and_delete_events_and_broken_files_delete_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+        std::fs::write(dir.path().join("ns.yaml"), ns).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let ds = DirDatastore::new(dir.path()).with_poll(Duration::from_millis(20));
+        let task = tokio::spawn(ds.run(tx));
+        let mut resets = Vec::new();
+        for _ in 0..4 {
+            match rx.recv().await.unwrap() {
+                Event::Reset(k, objs) => resets.push((k, objs.len())),
+                other => panic!("expected resets first, got {other:?}"),
+            }
+        }
+        assert!(resets.contains(&(Kind::Namespace, 1)));
+        assert!(resets.contains(&(Kind::Pod, 0)));
+
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n";
+        std::fs::write(dir.path().join("pod.yaml"), pod).unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(ev, Event::Apply(Object::Pod(_))), "{ev:?}");
+
+        // A broken write keeps the pod: the next event is the sentinel's,
+        // not a delete of the pod.
+        std::fs::write(dir.path().join("pod.yaml"), "kind: [").unwrap();
+        let sentinel = "apiVersion: v1\nkind: Pod\nmetadata: {name: s, namespace: x}\n";
+        std::fs::write(dir.path().join("z-sentinel.yaml"), sentinel).unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ev, Event::Apply(ref o) if o.reference().name == "s"),
+            "{ev:?}"
+        );
+        // Removing the file deletes the pod.
+        std::fs::remove_file(dir.path().join("pod.yaml")).unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ev, Event::Delete(ref r) if r.name == "a" && r.kind == Kind::Pod),
+            "{ev:?}"
+        );
+        drop(rx);
+        task.await.unwrap();
+    }
+}
