@@ -8,7 +8,6 @@
 //! and shared with `Arc`, prefixes are `Ipv4Net`/`Ipv6Net` keys in one map
 //! per family, and a prefix with a single path stores it inline.
 
-use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -153,10 +152,6 @@ impl Paths {
             }
             _ => Self::Empty,
         };
-    }
-
-    fn sort_by(&mut self, cmp: impl FnMut(&Path, &Path) -> Ordering) {
-        self.as_mut_slice().sort_by(cmp);
     }
 }
 
@@ -502,7 +497,7 @@ impl Rib {
             let old_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
             let old_nh = next_hops(cfg, peers, paths);
             f(paths, accepted);
-            paths.sort_by(|a, b| compare(cfg, peers, a, b));
+            rank(cfg, peers, paths);
             let new_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
             if old_best != new_best {
                 dirty.push(prefix);
@@ -732,8 +727,9 @@ fn dec(counts: &mut HashMap<PeerIdx, u64>, peer: PeerIdx) {
 }
 
 /// The kernel's view of a prefix: the next hops of the best path and of
-/// every path equally good up to the router-ID tie-break (multipath).
-/// Locally originated prefixes have none: the host routes them itself.
+/// every path equally good up to the router-ID step (multipath). Locally
+/// originated prefixes have none: the host routes them itself. Expects
+/// `paths` in [`rank`] order.
 fn next_hops(cfg: &RibConfig, peers: &HashMap<PeerIdx, PeerInfo>, paths: &Paths) -> Vec<IpAddr> {
     let Some(best) = paths.first() else {
         return Vec::new();
@@ -741,18 +737,17 @@ fn next_hops(cfg: &RibConfig, peers: &HashMap<PeerIdx, PeerInfo>, paths: &Paths)
     if best.peer == LOCAL {
         return Vec::new();
     }
-    let mut out: Vec<IpAddr> = vec![best.attrs.next_hop];
-    if cfg.multipath {
-        for p in paths.iter().skip(1) {
-            if compare_until_tiebreak(cfg, peers, best, p) != Ordering::Equal {
-                break;
-            }
-            if !out.contains(&p.attrs.next_hop) {
-                out.push(p.attrs.next_hop);
-            }
-        }
-        out.sort();
+    if !cfg.multipath || paths.len() == 1 {
+        return vec![best.attrs.next_hop];
     }
+    let alive = survivors(cfg, peers, paths.as_slice());
+    let mut out: Vec<IpAddr> = Vec::new();
+    for (p, _) in paths.iter().zip(&alive).filter(|(_, a)| **a) {
+        if !out.contains(&p.attrs.next_hop) {
+            out.push(p.attrs.next_hop);
+        }
+    }
+    out.sort();
     out
 }
 
@@ -764,54 +759,96 @@ fn is_ebgp(cfg: &RibConfig, peers: &HashMap<PeerIdx, PeerInfo>, p: &Path) -> boo
     p.peer != LOCAL && peers.get(&p.peer).is_some_and(|i| i.asn != cfg.local_as)
 }
 
-/// RFC 4271 §9.1.2.2 steps a–e (plus local routes first): everything that
-/// makes two paths equally good for multipath.
-fn compare_until_tiebreak(
-    cfg: &RibConfig,
-    peers: &HashMap<PeerIdx, PeerInfo>,
-    a: &Path,
-    b: &Path,
-) -> Ordering {
-    let (x, y) = (&a.attrs.attrs, &b.attrs.attrs);
-    (b.peer == LOCAL)
-        .cmp(&(a.peer == LOCAL))
-        .then_with(|| local_pref(cfg, b).cmp(&local_pref(cfg, a)))
-        .then_with(|| x.as_path.len().cmp(&y.as_path.len()))
-        .then_with(|| x.origin.cmp(&y.origin))
-        .then_with(|| {
-            // MED only compares routes from the same neighbouring AS.
-            if x.as_path.first_as() == y.as_path.first_as() {
-                x.med.unwrap_or(0).cmp(&y.med.unwrap_or(0))
-            } else {
-                Ordering::Equal
-            }
-        })
-        .then_with(|| is_ebgp(cfg, peers, b).cmp(&is_ebgp(cfg, peers, a)))
+/// Keeps alive only the paths with the highest `key` among those alive.
+fn keep_highest(paths: &[Path], alive: &mut [bool], key: impl Fn(&Path) -> i64) {
+    let best = paths
+        .iter()
+        .zip(alive.iter())
+        .filter(|(_, a)| **a)
+        .map(|(p, _)| key(p))
+        .max();
+    if let Some(best) = best {
+        for (p, a) in paths.iter().zip(alive.iter_mut()) {
+            *a = *a && key(p) == best;
+        }
+    }
 }
 
-/// The full decision process: `Less` means `a` is better.
-fn compare(cfg: &RibConfig, peers: &HashMap<PeerIdx, PeerInfo>, a: &Path, b: &Path) -> Ordering {
-    let info = |p: &Path| peers.get(&p.peer);
-    let id = |p: &Path| {
-        p.attrs
-            .attrs
-            .originator_id
-            .or_else(|| info(p).map(|i| i.router_id))
-            .map_or(0, u32::from)
-    };
-    let addr = |p: &Path| info(p).map(|i| i.address);
-    compare_until_tiebreak(cfg, peers, a, b)
-        // Stale routes lose to fresh ones of equal merit.
-        .then_with(|| a.stale.cmp(&b.stale))
-        .then_with(|| id(a).cmp(&id(b)))
-        .then_with(|| {
-            a.attrs
-                .attrs
-                .cluster_list
-                .len()
-                .cmp(&b.attrs.attrs.cluster_list.len())
-        })
-        .then_with(|| addr(a).cmp(&addr(b)))
+/// RFC 4271 §9.1.2.2 steps a–e (after local routes first) as elimination
+/// rounds: which paths are still in the running before the tie-breaks.
+/// Elimination, unlike a comparator, stays well defined for MED, which only
+/// compares routes from the same neighbouring AS and so is no total order.
+fn survivors(cfg: &RibConfig, peers: &HashMap<PeerIdx, PeerInfo>, paths: &[Path]) -> Vec<bool> {
+    let mut alive = vec![true; paths.len()];
+    keep_highest(paths, &mut alive, |p| i64::from(p.peer == LOCAL));
+    keep_highest(paths, &mut alive, |p| i64::from(local_pref(cfg, p)));
+    keep_highest(paths, &mut alive, |p| {
+        -i64::try_from(p.attrs.attrs.as_path.len()).unwrap_or(i64::MAX)
+    });
+    keep_highest(paths, &mut alive, |p| -(p.attrs.attrs.origin as i64));
+    // MED: per neighbouring AS, only the lowest survives (missing MED = 0).
+    let neighbour = |p: &Path| p.attrs.attrs.as_path.first_as();
+    let med = |p: &Path| p.attrs.attrs.med.unwrap_or(0);
+    let lowest: Vec<(Option<u32>, u32)> =
+        paths
+            .iter()
+            .zip(alive.iter())
+            .filter(|(_, a)| **a)
+            .fold(Vec::new(), |mut acc, (p, _)| {
+                match acc.iter_mut().find(|(n, _)| *n == neighbour(p)) {
+                    Some((_, m)) => *m = (*m).min(med(p)),
+                    None => acc.push((neighbour(p), med(p))),
+                }
+                acc
+            });
+    for (p, a) in paths.iter().zip(alive.iter_mut()) {
+        let min = lowest
+            .iter()
+            .find(|(n, _)| *n == neighbour(p))
+            .map_or(0, |(_, m)| *m);
+        *a = *a && med(p) == min;
+    }
+    keep_highest(paths, &mut alive, |p| i64::from(is_ebgp(cfg, peers, p)));
+    alive
+}
+
+/// The tie-breaks after step e, a total order (smaller is better): fresh
+/// over stale, lowest ORIGINATOR_ID or router ID, shortest CLUSTER_LIST,
+/// lowest peer address.
+fn tiebreak(peers: &HashMap<PeerIdx, PeerInfo>, p: &Path) -> (bool, u32, usize, Option<IpAddr>) {
+    let info = peers.get(&p.peer);
+    let id = p
+        .attrs
+        .attrs
+        .originator_id
+        .or_else(|| info.map(|i| i.router_id))
+        .map_or(0, u32::from);
+    (
+        p.stale,
+        id,
+        p.attrs.attrs.cluster_list.len(),
+        info.map(|i| i.address),
+    )
+}
+
+/// Puts the best path first, then the other survivors of the elimination
+/// rounds (the multipath set), then the rest, each group in tie-break order.
+fn rank(cfg: &RibConfig, peers: &HashMap<PeerIdx, PeerInfo>, paths: &mut Paths) {
+    if paths.len() < 2 {
+        return;
+    }
+    let alive = survivors(cfg, peers, paths.as_slice());
+    let slice = paths.as_slice();
+    let mut order: Vec<usize> = (0..slice.len()).collect();
+    order.sort_by(|&i, &j| {
+        alive[j]
+            .cmp(&alive[i])
+            .then_with(|| tiebreak(peers, &slice[i]).cmp(&tiebreak(peers, &slice[j])))
+    });
+    let ranked: Vec<Path> = order.iter().map(|&i| slice[i].clone()).collect();
+    for (dst, src) in paths.iter_mut().zip(ranked) {
+        *dst = src;
+    }
 }
 
 #[cfg(test)]

@@ -554,3 +554,116 @@ fn paths_shrink_back_to_inline_and_empty() {
     ps.retain(|_| false);
     assert!(ps.is_empty());
 }
+
+#[test]
+fn med_eliminates_within_each_neighbour_as_even_when_that_is_no_total_order() {
+    // A (65002, MED 50) loses to C (65002, MED 10); B (65003) is not
+    // compared by MED with either, so B and C share the traffic.
+    let mut rib = rib();
+    rib.peer_up(1, peer(2, 65002, false));
+    rib.peer_up(2, peer(3, 65003, false));
+    rib.peer_up(3, peer(4, 65002, false));
+    let with_med = |asn, med| {
+        let mut a = path(&[asn]);
+        a.med = Some(med);
+        a
+    };
+    announce(
+        &mut rib,
+        1,
+        "10.9.0.0/24",
+        [192, 0, 2, 2],
+        with_med(65002, 50),
+    );
+    announce(
+        &mut rib,
+        2,
+        "10.9.0.0/24",
+        [192, 0, 2, 3],
+        with_med(65003, 0),
+    );
+    announce(
+        &mut rib,
+        3,
+        "10.9.0.0/24",
+        [192, 0, 2, 4],
+        with_med(65002, 10),
+    );
+    assert_eq!(
+        nh(&rib, "10.9.0.0/24"),
+        vec![ip([192, 0, 2, 3]), ip([192, 0, 2, 4])]
+    );
+    withdraw(&mut rib, 3, "10.9.0.0/24");
+    assert_eq!(
+        nh(&rib, "10.9.0.0/24"),
+        vec![ip([192, 0, 2, 2]), ip([192, 0, 2, 3])]
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn attrs_for(v: (u8, u8, u8, u8, u8)) -> (PathAttrs, u32) {
+        let (lp, len, med, origin, nas) = v;
+        let first = 65100 + u32::from(nas % 3);
+        let mut path_asns = vec![first];
+        path_asns.extend((0..len % 3).map(|i| 65200 + u32::from(i)));
+        let mut a = path(&path_asns);
+        a.local_pref = Some(100 + u32::from(lp % 2) * 50);
+        a.med = (med % 3 != 0).then_some(u32::from(med % 3));
+        a.origin = if origin % 2 == 0 {
+            Origin::Igp
+        } else {
+            Origin::Incomplete
+        };
+        (a, first)
+    }
+
+    proptest! {
+        /// The best path and the ECMP set depend on which paths exist, never
+        /// on the order they arrived in.
+        #[test]
+        fn the_loc_rib_does_not_depend_on_arrival_order(
+            routes in proptest::collection::vec(
+                (1u16..5, 0u8..4, (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>())),
+                1..30,
+            ),
+            seed in any::<u64>(),
+        ) {
+            // Last announcement per (peer, prefix) wins; keep only those.
+            let mut last: HashMap<(u16, u8), (u8, u8, u8, u8, u8)> = HashMap::new();
+            for (p, pfx, v) in &routes {
+                last.insert((*p, *pfx), *v);
+            }
+            let mut items: Vec<_> = last.into_iter().collect();
+            items.sort_by_key(|(k, _)| *k);
+            let build = |items: &[((u16, u8), (u8, u8, u8, u8, u8))]| {
+                let mut rib = rib();
+                for p in 1u16..5 {
+                    let n = u8::try_from(p).unwrap() + 1;
+                    rib.peer_up(p, peer(n, if p % 2 == 0 { LOCAL_AS } else { 65100 + u32::from(p) }, false));
+                }
+                for ((p, pfx), v) in items {
+                    let (a, _) = attrs_for(*v);
+                    let n = u8::try_from(*p).unwrap() + 1;
+                    announce(&mut rib, *p, &format!("10.{pfx}.0.0/24"), [192, 0, 2, n], a);
+                }
+                let mut s = rib.snapshot();
+                s.sort_by_key(|c| c.prefix);
+                s
+            };
+            let forward = build(&items);
+            let mut shuffled = items.clone();
+            // A deterministic shuffle from the seed.
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            prop_assert_eq!(forward, build(&shuffled));
+        }
+    }
+}
