@@ -604,7 +604,12 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
-    fn attrs_for(v: (u8, u8, u8, u8, u8)) -> (PathAttrs, u32) {
+    /// (local pref, path length, MED, origin, neighbour AS) selectors.
+    type Knobs = (u8, u8, u8, u8, u8);
+    /// (peer, prefix) → knobs of its last announcement.
+    type Route = ((u16, u8), Knobs);
+
+    fn attrs_for(v: Knobs) -> (PathAttrs, u32) {
         let (lp, len, med, origin, nas) = v;
         let first = 65100 + u32::from(nas % 3);
         let mut path_asns = vec![first];
@@ -632,13 +637,13 @@ mod properties {
             seed in any::<u64>(),
         ) {
             // Last announcement per (peer, prefix) wins; keep only those.
-            let mut last: HashMap<(u16, u8), (u8, u8, u8, u8, u8)> = HashMap::new();
+            let mut last: HashMap<(u16, u8), Knobs> = HashMap::new();
             for (p, pfx, v) in &routes {
                 last.insert((*p, *pfx), *v);
             }
-            let mut items: Vec<_> = last.into_iter().collect();
+            let mut items: Vec<Route> = last.into_iter().collect();
             items.sort_by_key(|(k, _)| *k);
-            let build = |items: &[((u16, u8), (u8, u8, u8, u8, u8))]| {
+            let build = |items: &[Route]| {
                 let mut rib = rib();
                 for p in 1u16..5 {
                     let n = u8::try_from(p).unwrap() + 1;
