@@ -3,6 +3,8 @@
 //! no async; fed by `reset`/`apply_*`/`delete_*` and queried by the
 //! dataplanes.
 
+pub mod index;
 pub mod model;
 
+pub use index::{IndexStats, PolicyIndex};
 pub use model::*;
