@@ -68,7 +68,7 @@ pub struct PolicyIndex {
     ip_sets: SetTable<PodSetKey>,
     /// Port sets named by `Peer::PodPorts`.
     port_sets: SetTable<PortSetKey>,
-    /// Endpoints changed since `take_changes` (the sets keep their own).
+    /// Changes since `take_changes`, apart from those the set tables keep.
     changes: Changes,
 }
 
@@ -275,8 +275,8 @@ impl PolicyIndex {
     /// appeared or vanished).
     pub fn take_changes(&mut self) -> Changes {
         let mut changes = std::mem::take(&mut self.changes);
-        changes.ip_sets = self.ip_sets.take_changed();
-        changes.port_sets = self.port_sets.take_changed();
+        changes.ip_sets.extend(self.ip_sets.take_changed());
+        changes.port_sets.extend(self.port_sets.take_changed());
         changes
     }
 

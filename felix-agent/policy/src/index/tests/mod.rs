@@ -289,6 +289,7 @@ impl Cluster {
             namespaces.values().cloned().collect(),
             Vec::new(),
         );
+        index.take_changes();
         Cluster {
             index,
             pods: objs,
