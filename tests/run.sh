@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 bash tests/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Some tests run binaries of other packages (the agent tests run `tabby`).
+cargo build --workspace --bins
 cargo test --workspace -- --test-threads "${TEST_THREADS:-4}"

@@ -281,3 +281,38 @@ pub fn scratch() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// Path of a binary of the workspace (e.g. `tabby` from another package),
+/// built by `cargo build --bins` into the same target directory as this
+/// test. Panics with the fix when it is missing.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // Test executables live in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join(name);
+    if !bin.exists() {
+        panic!(
+            "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`; tests/run.sh does)",
+            bin.display()
+        );
+    }
+    bin
+}
+
+/// An HTTP GET from inside `ns`; returns (status code, body).
+pub fn http_get(ns: &Netns, addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s =
+        ns.run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}

@@ -2,5 +2,9 @@
 //! dataplane, route reconciliation and the CNI plugin's socket. The
 //! `tabby-agent` binary wires them together.
 
+pub mod agent;
 pub mod datastore;
+pub mod metrics;
 pub mod nft;
+pub mod routes;
+pub mod server;

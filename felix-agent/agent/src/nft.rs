@@ -46,7 +46,25 @@ use tabby_policy::{
 /// The table tabby owns.
 pub const TABLE: &str = "tabby";
 
-/// What the dataplane should enforce.
+/// Where set members come from (the policy index), looked up only for the
+/// sets local endpoints refer to.
+pub trait SetSource {
+    /// Members of an address set.
+    fn ip_set(&self, name: &str) -> Option<&BTreeSet<IpAddr>>;
+    /// Members of a named-port set.
+    fn port_set(&self, name: &str) -> Option<&BTreeSet<PortTriple>>;
+}
+
+impl SetSource for tabby_policy::PolicyIndex {
+    fn ip_set(&self, name: &str) -> Option<&BTreeSet<IpAddr>> {
+        tabby_policy::PolicyIndex::ip_set(self, name)
+    }
+    fn port_set(&self, name: &str) -> Option<&BTreeSet<PortTriple>> {
+        tabby_policy::PolicyIndex::port_set(self, name)
+    }
+}
+
+/// Explicit sets, for tests and tools.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Desired {
     /// Local endpoints by host interface name.
@@ -55,6 +73,15 @@ pub struct Desired {
     pub ip_sets: BTreeMap<String, BTreeSet<IpAddr>>,
     /// Members of named-port sets, by the index's set name.
     pub port_sets: BTreeMap<String, BTreeSet<PortTriple>>,
+}
+
+impl SetSource for Desired {
+    fn ip_set(&self, name: &str) -> Option<&BTreeSet<IpAddr>> {
+        self.ip_sets.get(name)
+    }
+    fn port_set(&self, name: &str) -> Option<&BTreeSet<PortTriple>> {
+        self.port_sets.get(name)
+    }
 }
 
 /// One local endpoint.
@@ -235,11 +262,16 @@ fn element(ip: &IpAddr) -> String {
     ip.to_string()
 }
 
-/// Compiles the desired state into table contents.
+/// Compiles explicit desired state into table contents.
 pub fn compile(d: &Desired) -> Compiled {
+    compile_with(&d.endpoints, d)
+}
+
+/// Compiles local endpoints, with set members from `d`.
+pub fn compile_with(endpoints: &BTreeMap<String, EndpointState>, d: &impl SetSource) -> Compiled {
     let mut c = Compiled::default();
     let mut used: Vec<(String, SetType)> = Vec::new();
-    for (iface, ep) in &d.endpoints {
+    for (iface, ep) in endpoints {
         c.workloads.insert(iface.clone());
         c.chains.insert(
             in_chain(iface),
@@ -257,16 +289,14 @@ pub fn compile(d: &Desired) -> Compiled {
         }
         let elements: BTreeSet<String> = match ty {
             SetType::V4 | SetType::V6 => d
-                .ip_sets
-                .get(&set)
+                .ip_set(&set)
                 .into_iter()
                 .flatten()
                 .filter(|ip| ip.is_ipv4() == (ty == SetType::V4))
                 .map(element)
                 .collect(),
             SetType::V4Port | SetType::V6Port => d
-                .port_sets
-                .get(&set)
+                .port_set(&set)
                 .into_iter()
                 .flatten()
                 .filter(|(ip, _, _)| ip.is_ipv4() == (ty == SetType::V4Port))

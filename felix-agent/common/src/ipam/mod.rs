@@ -2,7 +2,7 @@
 //! blocks without any API round trip.
 //!
 //! - [`state`]: the pure allocator ([`IpamState`]), no I/O, property-tested.
-//! - [`store`]: one locked JSON file per network ([`IpamStore`]), safe against
+//! - [`store`]: per network, a locked snapshot plus an append-only journal ([`IpamStore`]), safe against
 //!   concurrent plugin runs and `kill -9`, reset on reboot.
 //! - [`blocks`]: the blocks file the agent writes and the plugin reads.
 

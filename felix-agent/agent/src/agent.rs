@@ -1,0 +1,537 @@
+//! The agent's state and its one loop: datastore events and CNI requests
+//! in, the policy index updated, the dataplane and routes programmed.
+//!
+//! Everything runs on one task that owns the index and the dataplane's
+//! compiled state, so programming is never concurrent and needs no locks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodIP};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tabby_common::agent::{AgentRequest, AgentResponse};
+use tabby_common::endpoint::{EndpointRecord, EndpointStore};
+use tabby_common::ipam::{blocks_path, read_blocks, write_blocks};
+use tabby_policy::{EndpointPolicy, PodKey, PolicyIndex};
+use tabby_sys::Netlink;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::datastore::{Event, Kind, Object, ObjectRef};
+use crate::metrics::Metrics;
+use crate::nft::{self, Compiled, EndpointState};
+use crate::routes::{self, EndpointRoute};
+
+/// Settings of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name (`Node` object and `spec.nodeName`).
+    pub node_name: String,
+    /// Where the CNI plugin writes endpoint records and the socket lives.
+    pub run_dir: PathBuf,
+    /// Where the blocks file lives.
+    pub data_dir: PathBuf,
+}
+
+/// A CNI request with the channel its answer goes back on.
+pub type Request = (AgentRequest, oneshot::Sender<AgentResponse>);
+
+/// The agent's state.
+pub struct Agent {
+    cfg: AgentConfig,
+    index: PolicyIndex,
+    pods: BTreeMap<PodKey, Pod>,
+    namespaces: BTreeMap<String, Namespace>,
+    policies: BTreeMap<(String, String), NetworkPolicy>,
+    endpoints: BTreeMap<String, EndpointRecord>,
+    programmed: Option<Compiled>,
+    resets: BTreeSet<Kind>,
+    blocks: Vec<IpNet>,
+    netlink: Option<Netlink>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.cfg.node_name)
+            .field("endpoints", &self.endpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn pod_key(rec: &EndpointRecord) -> PodKey {
+    match (&rec.pod_namespace, &rec.pod_name) {
+        (Some(ns), Some(n)) => PodKey::new(ns.clone(), n.clone()),
+        // Not a Kubernetes pod: no policy can select it, and it stays
+        // isolated (fail closed).
+        _ => PodKey::new("", rec.container_id.clone()),
+    }
+}
+
+fn key_of(pod: &Pod) -> PodKey {
+    PodKey::new(
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// An error with its causes, for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Everything denied: the policy of an endpoint whose Pod the agent does
+/// not know (yet).
+fn deny_all() -> EndpointPolicy {
+    EndpointPolicy {
+        ingress: Some(Vec::new()),
+        egress: Some(Vec::new()),
+    }
+}
+
+impl Agent {
+    /// A new agent; nothing is programmed until the first datastore resets.
+    pub fn new(cfg: AgentConfig, metrics: Arc<Metrics>) -> Self {
+        let blocks = read_blocks(&blocks_path(&cfg.data_dir)).unwrap_or_default();
+        Agent {
+            cfg,
+            index: PolicyIndex::new(),
+            pods: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            programmed: None,
+            resets: BTreeSet::new(),
+            blocks,
+            netlink: None,
+            metrics,
+        }
+    }
+
+    /// True once every kind was listed and the result programmed.
+    pub fn ready(&self) -> bool {
+        self.resets.len() == 4 && self.programmed.is_some()
+    }
+
+    /// The Pod as the index should see it: for local endpoints, the
+    /// addresses come from the CNI record, which exists before kubelet
+    /// reports them in the Pod's status.
+    fn effective(&self, pod: &Pod) -> Pod {
+        let key = key_of(pod);
+        let Some(rec) = self.endpoints.values().find(|r| pod_key(r) == key) else {
+            return pod.clone();
+        };
+        let mut pod = pod.clone();
+        let ips: Vec<String> = rec.ips.iter().map(|i| i.addr().to_string()).collect();
+        let status = pod.status.get_or_insert_with(Default::default);
+        status.pod_ip = ips.first().cloned();
+        status.pod_ips = Some(ips.into_iter().map(|ip| PodIP { ip }).collect());
+        pod
+    }
+
+    fn reindex_pod(&mut self, key: &PodKey) {
+        match self.pods.get(key) {
+            Some(p) => {
+                let p = self.effective(p);
+                self.index.apply_pod(p);
+            }
+            None => self.index.delete_pod(key),
+        }
+    }
+
+    fn reset_index(&mut self) {
+        let pods: Vec<Pod> = self.pods.values().map(|p| self.effective(p)).collect();
+        self.index.reset(
+            pods,
+            self.namespaces.values().cloned().collect(),
+            self.policies.values().cloned().collect(),
+        );
+    }
+
+    /// Applies one datastore event.
+    pub fn handle_event(&mut self, ev: Event) {
+        match ev {
+            Event::Reset(kind, objects) => {
+                info!(?kind, count = objects.len(), "datastore resync");
+                self.resets.insert(kind);
+                match kind {
+                    Kind::Pod => self.pods.clear(),
+                    Kind::Namespace => self.namespaces.clear(),
+                    Kind::NetworkPolicy => self.policies.clear(),
+                    Kind::Node => {}
+                }
+                for o in objects {
+                    self.store(o);
+                }
+                if kind != Kind::Node {
+                    self.reset_index();
+                }
+            }
+            Event::Apply(o) => {
+                let r = o.reference();
+                debug!(kind = ?r.kind, namespace = ?r.namespace, name = %r.name, "apply");
+                self.store(o.clone());
+                match o {
+                    Object::Pod(p) => self.reindex_pod(&key_of(&p)),
+                    Object::Namespace(n) => self.index.apply_namespace(*n),
+                    Object::NetworkPolicy(np) => self.index.apply_policy(*np),
+                    Object::Node(_) => {}
+                }
+            }
+            Event::Delete(r) => {
+                debug!(kind = ?r.kind, namespace = ?r.namespace, name = %r.name, "delete");
+                self.forget(&r);
+            }
+        }
+        self.update_metrics();
+    }
+
+    fn store(&mut self, o: Object) {
+        match o {
+            Object::Pod(p) => {
+                self.pods.insert(key_of(&p), *p);
+            }
+            Object::Namespace(n) => {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                self.namespaces.insert(name, *n);
+            }
+            Object::NetworkPolicy(np) => {
+                let k = (
+                    np.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    np.metadata.name.clone().unwrap_or_default(),
+                );
+                self.policies.insert(k, *np);
+            }
+            Object::Node(n) => self.node_changed(&n),
+        }
+    }
+
+    fn forget(&mut self, r: &ObjectRef) {
+        let ns = r.namespace.clone().unwrap_or_else(|| "default".into());
+        match r.kind {
+            Kind::Pod => {
+                let key = PodKey::new(ns, r.name.clone());
+                self.pods.remove(&key);
+                self.index.delete_pod(&key);
+            }
+            Kind::Namespace => {
+                self.namespaces.remove(&r.name);
+                self.index.delete_namespace(&r.name);
+            }
+            Kind::NetworkPolicy => {
+                self.policies.remove(&(ns.clone(), r.name.clone()));
+                self.index.delete_policy(&ns, &r.name);
+            }
+            Kind::Node => {}
+        }
+    }
+
+    /// This node's blocks come from `spec.podCIDRs` of its Node object.
+    fn node_changed(&mut self, node: &Node) {
+        if node.metadata.name.as_deref() != Some(self.cfg.node_name.as_str()) {
+            return;
+        }
+        let spec = node.spec.as_ref();
+        let mut cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+        if cidrs.is_empty()
+            && let Some(c) = spec.and_then(|s| s.pod_cidr.clone())
+        {
+            cidrs.push(c);
+        }
+        let blocks: Vec<IpNet> = cidrs
+            .iter()
+            .filter_map(|c| match c.parse::<IpNet>() {
+                Ok(n) => Some(n.trunc()),
+                Err(e) => {
+                    warn!(cidr = %c, error = %e, "ignoring an unparseable podCIDR");
+                    None
+                }
+            })
+            .collect();
+        if blocks == self.blocks || blocks.is_empty() {
+            return;
+        }
+        info!(?blocks, "node blocks changed");
+        let written = std::fs::create_dir_all(&self.cfg.data_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                write_blocks(&blocks_path(&self.cfg.data_dir), &blocks).map_err(|e| error_chain(&e))
+            });
+        if let Err(e) = written {
+            error!(error = %e, "cannot write the blocks file");
+        }
+        self.blocks = blocks;
+    }
+
+    /// Reads the CNI plugin's endpoint records and adopts what changed
+    /// (the plugin may run without the socket, or the agent may have been
+    /// restarted). Returns true when something changed.
+    pub fn sync_records(&mut self) -> bool {
+        let store = EndpointStore::new(&self.cfg.run_dir);
+        let records = match store.list() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot list endpoint records");
+                return false;
+            }
+        };
+        let mut now = BTreeMap::new();
+        for r in records {
+            match r {
+                Ok(rec) => {
+                    now.insert(rec.host_iface.clone(), rec);
+                }
+                Err(e) => warn!(error = %e, "skipping an unreadable endpoint record"),
+            }
+        }
+        if now == self.endpoints {
+            return false;
+        }
+        let touched: BTreeSet<PodKey> = self
+            .endpoints
+            .values()
+            .chain(now.values())
+            .map(pod_key)
+            .collect();
+        self.endpoints = now;
+        for k in touched {
+            self.reindex_pod(&k);
+        }
+        true
+    }
+
+    /// Handles a request from the CNI plugin.
+    pub fn handle_request(&mut self, req: AgentRequest) -> AgentResponse {
+        match req {
+            AgentRequest::Add { endpoint } => {
+                let span =
+                    info_span!("endpoint", pod = %pod_key(&endpoint), iface = %endpoint.host_iface);
+                let _e = span.enter();
+                let key = pod_key(&endpoint);
+                self.endpoints.insert(endpoint.host_iface.clone(), endpoint);
+                self.reindex_pod(&key);
+                match self.program() {
+                    Ok(()) => {
+                        info!(known = self.pods.contains_key(&key), "endpoint programmed");
+                        AgentResponse::ok()
+                    }
+                    Err(e) => AgentResponse::refused(e),
+                }
+            }
+            AgentRequest::Del {
+                container_id,
+                ifname,
+            } => {
+                let gone: Vec<String> = self
+                    .endpoints
+                    .iter()
+                    .filter(|(_, r)| r.container_id == container_id && r.ifname == ifname)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for iface in gone {
+                    if let Some(rec) = self.endpoints.remove(&iface) {
+                        self.reindex_pod(&pod_key(&rec));
+                    }
+                }
+                match self.program() {
+                    Ok(()) => AgentResponse::ok(),
+                    Err(e) => AgentResponse::refused(e),
+                }
+            }
+            AgentRequest::Status => {
+                if self.ready() {
+                    AgentResponse::ok()
+                } else {
+                    AgentResponse::refused("the agent has not finished its first sync")
+                }
+            }
+        }
+    }
+
+    /// Programs the dataplane: the difference from what is in the kernel, or
+    /// the whole table when that is unknown or the difference fails.
+    pub fn program(&mut self) -> Result<(), String> {
+        if self.resets.len() < 4 {
+            // Before the first full sync the index is partial: programming
+            // now would cut off pods that a restarted agent's previous
+            // table still serves correctly.
+            return Err("the agent has not finished its first datastore sync".into());
+        }
+        let started = Instant::now();
+        let endpoints: BTreeMap<String, EndpointState> = self
+            .endpoints
+            .iter()
+            .map(|(iface, rec)| {
+                let pod = pod_key(rec);
+                let policy = self.index.endpoint_policy(&pod).unwrap_or_else(deny_all);
+                (iface.clone(), EndpointState { pod, policy })
+            })
+            .collect();
+        let compiled = nft::compile_with(&endpoints, &self.index);
+        let _ = self.index.take_changes();
+        if self.programmed.as_ref() == Some(&compiled) {
+            return Ok(());
+        }
+        let result = match &self.programmed {
+            Some(old) => {
+                let script = nft::diff_script(old, &compiled);
+                match nft::apply(&script) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        warn!(error = %e, "incremental update failed; replacing the whole table");
+                        self.metrics.dataplane_errors.inc();
+                        nft::apply(&nft::full_script(&compiled))
+                    }
+                }
+            }
+            None => nft::apply(&nft::full_script(&compiled)),
+        };
+        match result {
+            Ok(()) => {
+                self.programmed = Some(compiled);
+                self.metrics.programming.observe(started.elapsed());
+                self.update_metrics();
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.dataplane_errors.inc();
+                self.programmed = None;
+                error!(error = %e, "cannot program nftables");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Repairs a table someone deleted or flushed.
+    pub fn check_tamper(&mut self) {
+        if self.programmed.is_some() && !nft::intact() {
+            warn!("the nftables table was changed behind tabby's back; resyncing");
+            self.metrics.resyncs.inc();
+            self.programmed = None;
+            let _ = self.program();
+        }
+    }
+
+    /// Reconciles tabby's routes.
+    pub fn reconcile_routes(&mut self) {
+        if self.netlink.is_none() {
+            match Netlink::open() {
+                Ok(nl) => self.netlink = Some(nl),
+                Err(e) => {
+                    error!(error = %e, "cannot open netlink");
+                    return;
+                }
+            }
+        }
+        let eps: Vec<EndpointRoute> = self
+            .endpoints
+            .values()
+            .flat_map(|r| {
+                r.ips.iter().map(|ip| EndpointRoute {
+                    ip: ip.addr(),
+                    iface: r.host_iface.clone(),
+                })
+            })
+            .collect();
+        if let Some(nl) = self.netlink.as_mut()
+            && let Err(e) = routes::reconcile(nl, &eps, &self.blocks)
+        {
+            error!(error = %e, "route reconciliation failed");
+            self.metrics.dataplane_errors.inc();
+            self.netlink = None;
+        }
+    }
+
+    fn update_metrics(&self) {
+        let s = self.index.stats();
+        self.metrics.set_gauges(
+            self.endpoints.len(),
+            s.policies,
+            s.ip_sets + s.port_sets,
+            s.pods,
+        );
+        self.metrics.set_ready(self.ready());
+    }
+
+    /// The addresses of local endpoints (for tools and tests).
+    pub fn local_ips(&self) -> Vec<IpAddr> {
+        self.endpoints
+            .values()
+            .flat_map(|r| r.ips.iter().map(|i| i.addr()))
+            .collect()
+    }
+}
+
+/// Runs the agent until `events` closes or `shutdown` fires. The dataplane
+/// is left in place on exit so pods keep working while the agent restarts.
+pub async fn run(
+    mut agent: Agent,
+    mut events: mpsc::Receiver<Event>,
+    mut requests: mpsc::Receiver<Request>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    let mut pending_program = false;
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                agent.handle_event(ev);
+                // Take everything already queued before programming once.
+                while let Ok(ev) = events.try_recv() {
+                    agent.handle_event(ev);
+                }
+                if agent.resets.len() == 4 {
+                    tokio::task::block_in_place(|| { let _ = agent.program(); });
+                    pending_program = false;
+                } else {
+                    pending_program = true;
+                }
+            }
+            req = requests.recv() => {
+                let Some((req, reply)) = req else { continue };
+                let resp = tokio::task::block_in_place(|| agent.handle_request(req));
+                let _ = reply.send(resp);
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                tokio::task::block_in_place(|| {
+                    let changed = agent.sync_records();
+                    if (changed || pending_program) && agent.resets.len() == 4 {
+                        let _ = agent.program();
+                        pending_program = false;
+                    }
+                    if ticks.is_multiple_of(4) {
+                        agent.check_tamper();
+                    }
+                    if changed || ticks % 20 == 1 {
+                        agent.reconcile_routes();
+                    }
+                });
+                agent.update_metrics();
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    info!("agent stopping; the dataplane stays in place");
+}

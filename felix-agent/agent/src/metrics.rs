@@ -1,0 +1,168 @@
+//! Prometheus metrics, rendered in the text exposition format.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the programming latency histogram.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// A latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    inner: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Ok(mut g) = self.inner.lock() {
+            if g.0.is_empty() {
+                g.0 = vec![0; BUCKETS.len()];
+            }
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if secs <= *b {
+                    g.0[i] += 1;
+                }
+            }
+            g.1 += secs;
+            g.2 += 1;
+        }
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let Ok(g) = self.inner.lock() else { return };
+        out.push_str(&format!("# TYPE {name} histogram\n"));
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let n = g.0.get(i).copied().unwrap_or(0);
+            out.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {n}\n"));
+        }
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {}\n", g.2));
+        out.push_str(&format!("{name}_sum {}\n{name}_count {}\n", g.1, g.2));
+    }
+}
+
+/// Everything the agent exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    gauges: Mutex<[usize; 4]>,
+    ready: AtomicBool,
+    /// Time from a change to "programmed in the kernel".
+    pub programming: Histogram,
+    /// nft transactions or netlink calls that failed.
+    pub dataplane_errors: Counter,
+    /// Full resyncs after the table was tampered with.
+    pub resyncs: Counter,
+}
+
+impl Metrics {
+    /// Sets the gauges: local endpoints, policies, sets, pods known.
+    pub fn set_gauges(&self, endpoints: usize, policies: usize, sets: usize, pods: usize) {
+        if let Ok(mut g) = self.gauges.lock() {
+            *g = [endpoints, policies, sets, pods];
+        }
+    }
+
+    /// Sets readiness (first full sync programmed).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Readiness.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The exposition text; `drops` are per endpoint chain drop counters.
+    pub fn render(&self, drops: &[(String, u64)]) -> String {
+        let g = self.gauges.lock().map(|g| *g).unwrap_or_default();
+        let mut out = String::new();
+        for (name, help, v) in [
+            (
+                "tabby_endpoints",
+                "Local endpoints programmed by this agent.",
+                g[0],
+            ),
+            ("tabby_policies", "NetworkPolicies known.", g[1]),
+            (
+                "tabby_sets",
+                "Address and named-port sets known to the policy index.",
+                g[2],
+            ),
+            ("tabby_pods", "Pods known to the policy index.", g[3]),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP tabby_ready 1 once the first full sync is programmed.\n# TYPE tabby_ready gauge\ntabby_ready {}\n",
+            u8::from(self.is_ready())
+        ));
+        out.push_str(
+            "# HELP tabby_programming_seconds Time to program a change into the kernel.\n",
+        );
+        self.programming
+            .render("tabby_programming_seconds", &mut out);
+        out.push_str(&format!(
+            "# HELP tabby_dataplane_errors_total Failed nft transactions and netlink calls.\n# TYPE tabby_dataplane_errors_total counter\ntabby_dataplane_errors_total {}\n",
+            self.dataplane_errors.get()
+        ));
+        out.push_str(&format!(
+            "# HELP tabby_resyncs_total Full resyncs after the table was changed by someone else.\n# TYPE tabby_resyncs_total counter\ntabby_resyncs_total {}\n",
+            self.resyncs.get()
+        ));
+        out.push_str("# HELP tabby_dropped_packets_total Packets dropped by policy, per endpoint and direction.\n# TYPE tabby_dropped_packets_total counter\n");
+        for (chain, n) in drops {
+            let (dir, iface) = match chain.split_once('_') {
+                Some(("in", i)) => ("ingress", i),
+                Some(("out", i)) => ("egress", i),
+                _ => continue,
+            };
+            out.push_str(&format!(
+                "tabby_dropped_packets_total{{interface=\"{iface}\",direction=\"{dir}\"}} {n}\n"
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.set_gauges(3, 2, 5, 10);
+        m.programming.observe(Duration::from_millis(3));
+        m.dataplane_errors.inc();
+        let text = m.render(&[("in_tab0123456789ab".into(), 7)]);
+        assert!(text.contains("tabby_endpoints 3\n"));
+        assert!(text.contains("tabby_programming_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("tabby_programming_seconds_bucket{le=\"0.002\"} 0\n"));
+        assert!(text.contains("tabby_programming_seconds_count 1\n"));
+        assert!(text.contains("tabby_dataplane_errors_total 1\n"));
+        assert!(text.contains(
+            "tabby_dropped_packets_total{interface=\"tab0123456789ab\",direction=\"ingress\"} 7\n"
+        ));
+    }
+}
