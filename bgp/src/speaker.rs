@@ -481,6 +481,11 @@ impl Core {
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Shutdown { graceful, done }) => {
                         self.shutdown(graceful);
+                        if !graceful {
+                            // Give the writer tasks a moment to deliver the
+                            // Cease before the caller ends the runtime.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                         let _ = done.send(());
                         return;
                     }
@@ -571,6 +576,10 @@ impl Core {
     }
 
     fn add_peer(&mut self, cfg: PeerConfig) {
+        if self.peers.iter().any(|(a, _)| *a == cfg.address) {
+            warn!(peer = %cfg.address, "peer listed twice: keeping the first");
+            return;
+        }
         info!(peer = %cfg.address, asn = cfg.asn, "adding peer");
         if let Some(pw) = &cfg.password {
             self.set_md5(cfg.address, pw.as_bytes());
