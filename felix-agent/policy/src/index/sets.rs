@@ -156,7 +156,9 @@ impl<K: SetKey> SetTable<K> {
             }
             for (pod, state) in by_name {
                 let want = key.contribution(ns, &ns_labels, Some(state));
-                members.update(&PodKey::new(ns.clone(), pod.clone()), want);
+                if !want.is_empty() {
+                    members.update(&PodKey::new(ns.clone(), pod.clone()), want);
+                }
             }
         }
         let set = SetState {
@@ -210,11 +212,17 @@ impl<K: SetKey> SetTable<K> {
     ) {
         for (name, set) in &mut self.sets {
             let scope = set.key.pods();
-            if scope.selects_namespace(ns, old) == scope.selects_namespace(ns, new) {
+            let was = scope.selects_namespace(ns, old);
+            if was == scope.selects_namespace(ns, new) {
                 continue;
             }
             for (pod, state) in pods {
                 let want = set.key.contribution(ns, new, Some(state));
+                // Newly selected: pods that contribute nothing were not
+                // members before either.
+                if !was && want.is_empty() {
+                    continue;
+                }
                 if set.members.update(&PodKey::new(ns, pod.clone()), want) {
                     self.changed.insert(name.clone());
                 }
