@@ -4,9 +4,9 @@
 //! What it keeps, and why that makes updates cheap:
 //! - pods and policies grouped by namespace: a policy only selects pods of
 //!   its own namespace, so a policy change touches that namespace only;
-//! - one set per distinct peer selection ([`PodSetKey`]), shared by every
+//! - one set per distinct peer selection (`PodSetKey`), shared by every
 //!   policy naming it and reference counted; its members are kept per
-//!   contributing pod ([`Members`]), so a pod change re-evaluates that one
+//!   contributing pod (`Members`), so a pod change re-evaluates that one
 //!   pod against each set, never the other pods;
 //! - the endpoint policy is not stored: it is a function of the pod and
 //!   the compiled policies of its namespace, rendered on demand. So it can

@@ -41,6 +41,8 @@ enum Op {
     DeleteNamespace(String),
     ApplyPolicy(NetworkPolicy),
     DeletePolicy(String, String),
+    /// A relist: `reset` with the objects the watcher holds.
+    Resync,
 }
 
 fn arb_pod() -> impl Strategy<Value = Pod> {
@@ -247,6 +249,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         3 => arb_policy().prop_map(Op::ApplyPolicy),
         1 => (0..3usize, 0..3usize)
             .prop_map(|(ns, name)| Op::DeletePolicy(NAMESPACES[ns].to_string(), format!("p{name}"))),
+        1 => Just(Op::Resync),
     ]
 }
 
@@ -293,16 +296,17 @@ impl World {
                 self.policies.remove(&(ns.clone(), name.clone()));
                 index.delete_policy(&ns, &name);
             }
+            Op::Resync => index.reset(
+                self.pods.values().cloned().collect(),
+                self.namespaces.values().cloned().collect(),
+                self.policies.values().cloned().collect(),
+            ),
         }
     }
 
     fn fresh(&self) -> PolicyIndex {
         let mut index = PolicyIndex::new();
-        index.reset(
-            self.pods.values().cloned().collect(),
-            self.namespaces.values().cloned().collect(),
-            self.policies.values().cloned().collect(),
-        );
+        self.clone().apply(&Op::Resync, &mut index);
         index
     }
 }
