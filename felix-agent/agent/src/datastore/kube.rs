@@ -11,67 +11,63 @@
 //! # Load on the API server at 5,000 nodes
 //!
 //! Every agent watches every Pod, because a NetworkPolicy peer can be any
-//! pod. Take 5,000 nodes × 30 pods = 150,000 pods, and a Pod as the API
-//! server sends it in JSON at ~6 KB (metadata ~2.5 KB of which
-//! `managedFields` ~1.5 KB, spec ~2 KB, status ~1.5 KB; 4–8 KB is usual).
+//! pod: 5,000 nodes × 30 = 150,000 pods. A Pod in JSON is ~6 KB (4–8 KB
+//! usual; `managedFields` ~1.5 KB of it).
 //!
-//! - Initial LIST, per agent: 150,000 × 6 KB ≈ 900 MB of JSON. If all agents list at once (API server restart that answers
-//!   every watch with 410, a DaemonSet rolled all at once): 5,000 × 900 MB
-//!   ≈ 4.5 TB. The agent holds ~0.5 GB of decoded pods afterwards.
-//! - Steady state: one Pod write becomes 5,000 watch events × ~6 KB = 30 MB
-//!   leaving the API servers (the event is encoded once, sent 5,000 times).
-//!   A pod's life is ~6 writes (create, bind, IP assigned, ready, graceful
-//!   delete, delete), so ~180 MB per pod; a churn of 20 pod starts/s is
-//!   ~3.6 GB/s (~29 Gb/s).
-//! - Nodes cost as much while nothing happens: 5,000 kubelets report status
-//!   every 5 min (≈ 17 writes/s), a Node is ~10 KB (image list), so
+//! - Initial LIST per agent: 150,000 × 6 KB ≈ 900 MB. All agents at once
+//!   (every watch answered 410 after an API server restart, a DaemonSet
+//!   rolled at once): 5,000 × 900 MB ≈ 4.5 TB. Each agent then holds
+//!   ~0.5 GB of decoded pods.
+//! - Each Pod write fans out to 5,000 watch events × 6 KB = 30 MB (encoded
+//!   once, sent 5,000 times). A pod's life is ~6 writes (create, bind, IP,
+//!   ready, graceful delete, delete) ≈ 180 MB; 20 pod starts/s ≈ 3.6 GB/s
+//!   (~29 Gb/s) out of the API servers.
+//! - Nodes cost that much while nothing happens: 5,000 kubelets report
+//!   status every 5 min (≈ 17 writes/s) of a ~10 KB Node (image list):
 //!   17 × 10 KB × 5,000 watchers ≈ 850 MB/s.
-//! - Metadata-only watches (`PartialObjectMeta`, ~1–1.5 KB per pod) would
-//!   cut pod bytes ~5×, but they carry no `status.podIPs`, `hostNetwork` or
-//!   container ports, so they cannot replace the pod watch. What tabby needs
-//!   (namespace, name, labels, IPs, `hostNetwork`, named ports) is
-//!   ~300–500 B: a 12–20× cut that the API server cannot serve as a
-//!   projection; only a fan-out layer can.
+//! - A metadata-only watch (~1–1.5 KB a pod) would cut pod bytes ~5×, but
+//!   it has no `status.podIPs`, and the spec is needed for `hostNetwork`
+//!   and container port names. What tabby uses (name, namespace, labels,
+//!   IPs, `hostNetwork`, named ports) is ~300–500 B, 12–20× less, but the
+//!   API server cannot serve such a projection; only a fan-out layer can.
 //!
 //! How this module bounds it:
 //!
-//! - Resume, don't relist: a dropped watch restarts from the last
-//!   `resourceVersion` it saw (one request, no LIST).
-//! - Bookmarks (`allowWatchBookmarks`) keep that version fresh in quiet
-//!   periods, so a reconnect after minutes resumes instead of hitting
-//!   `410 Gone` and a 900 MB relist.
-//! - LISTs ask for `resourceVersion=0` (`NotOlderThan`), unpaginated:
-//!   served from the API server's watch cache, not a quorum read from etcd
-//!   (kube-rs sends no `resourceVersion=0` with a page size, so there is
-//!   none). The price: the agent reads the whole list in one response (the
-//!   900 MB above, at its peak), and a relist may briefly show an older
-//!   state than the last watch event.
-//! - Backoff per kind with jitter: 0.8 s doubling to 30 s, each delay
-//!   stretched by a random 0–100 %. Success does not reset it (kube's
-//!   `StreamBackoff` resets on any item, which would let a LIST→410 loop
-//!   relist every second forever); it resets after 120 s without errors.
-//!   During an outage an agent makes at most one request per kind per
-//!   delay: 5,000 agents × 4 kinds at the cap ≈ 300–700 requests/s in
-//!   total, spread out rather than synchronised.
-//! - A `410 Gone` is the only thing that relists (as an ERROR event, which
-//!   kube handles, or as the HTTP status of the WATCH, which kube would
-//!   retry with the same stale version forever, so it is handled here).
+//! - Resume, never relist: a dropped watch restarts from the last
+//!   `resourceVersion` seen (one request, no LIST). Only `410 Gone` relists:
+//!   as an ERROR event (kube handles it) or as the WATCH's HTTP status
+//!   (which kube would retry with the same stale version forever, so it is
+//!   handled here).
+//! - Bookmarks keep that version fresh in quiet periods, so a reconnect
+//!   after minutes resumes instead of meeting 410 and a 900 MB relist.
+//! - LISTs ask for `resourceVersion=0` (`NotOlderThan`), unpaginated (kube
+//!   drops `resourceVersion=0` when paginating): served from the API
+//!   server's watch cache, not read from etcd. The price: one response of
+//!   the full size, and a relist may briefly be older than the last event.
+//! - Backoff per kind: 0.8 s doubling to 30 s, each delay stretched by a
+//!   random 0–100 %, reset only after 120 s without errors, not by success
+//!   (kube's `StreamBackoff` resets on any item, which lets a LIST→410 loop
+//!   relist every second forever). In an outage: at most one request per
+//!   kind per delay; 5,000 agents × 4 kinds at the cap ≈ 300–700 requests/s
+//!   in all, spread out, not synchronised.
 //! - Pods are selected with `status.phase!=Succeeded,status.phase!=Failed`:
 //!   finished pods (Jobs) are never sent, and a pod that finishes arrives
-//!   as a delete (its address is released and may be reused). Nodes,
-//!   Namespaces and NetworkPolicies have no useful filter: every agent
-//!   needs all of them.
-//! - `managedFields` are dropped on receipt: that saves agent memory only.
+//!   as a delete (its address is released and may be reused). The other
+//!   kinds have no useful filter: every agent needs all of them.
+//! - `managedFields` are dropped on receipt (agent memory only).
 //!
-//! None of this bounds the fan-out: the API server still sends every pod
-//! and node write to 5,000 agents. That is acceptable to a few hundred
-//! nodes. Beyond that tabby needs what Calico calls Typha: a few relays
-//! (say one per 200 agents, 25 in all) watch the API server and fan out to
-//! agents. API-server fan-out drops from 5,000 to 25 (200×), agent
-//! restarts LIST from a relay instead of the API server, and a relay can
-//! send only the fields above (~15× fewer bytes) and drop writes that
+//! Not bounded: the fan-out itself, and a proxy that answers every WATCH
+//! with an empty 200 and closes it, which kube re-watches at once (no error
+//! to back off on; client-go waits 1 s there). Spacing WATCHes needs a
+//! layer under the `Client` (the `tower-service` and `http` crates).
+//!
+//! Direct watches are fine to a few hundred nodes. Beyond that tabby needs
+//! what Calico calls Typha: relays (say one per 200 agents, 25 in all)
+//! watch the API server and fan out to agents. API-server fan-out drops
+//! from 5,000 to 25 (200×); a restarted agent lists from a relay; a relay
+//! sends only the fields above (~15× fewer bytes) and drops writes that
 //! change none of them (node heartbeats, pod conditions), which removes
-//! most of the node traffic. The cost is one more component and hop.
+//! most node traffic. The cost: one more component and hop.
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -108,14 +104,13 @@ impl KubeDatastore {
     pub async fn connect(kubeconfig: Option<&Path>) -> Result<Self, DatastoreError> {
         let config = match kubeconfig {
             Some(path) => {
-                let file = Kubeconfig::read_from(path).map_err(|e| {
+                let failed = |e: kube::config::KubeconfigError| {
                     DatastoreError::Client(format!("kubeconfig {}: {e}", path.display()))
-                })?;
+                };
+                let file = Kubeconfig::read_from(path).map_err(failed)?;
                 kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                     .await
-                    .map_err(|e| {
-                        DatastoreError::Client(format!("kubeconfig {}: {e}", path.display()))
-                    })?
+                    .map_err(failed)?
             }
             None => kube::Config::incluster()
                 .map_err(|e| DatastoreError::Client(format!("in-cluster config: {e}")))?,
@@ -241,16 +236,17 @@ impl Resync {
                 None
             }
             watcher::Event::InitApply(o) => {
-                self.listing
-                    .get_or_insert_with(Vec::new)
-                    .push(o.into_object());
+                match &mut self.listing {
+                    Some(listing) => listing.push(o.into_object()),
+                    // kube always sends Init first; a list not seen to
+                    // start can never be delivered as complete.
+                    None => warn!("listed object outside a list; ignored"),
+                }
                 None
             }
             watcher::Event::InitDone => match self.listing.take() {
                 Some(objects) => Some(Event::Reset(self.kind, objects)),
                 None => {
-                    // Not seen to start: whatever it holds is not known to
-                    // be complete, so it must not replace anything.
                     warn!("list ended without having started; ignored");
                     None
                 }
@@ -296,7 +292,7 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>) {
                 () = tx.closed() => return,
                 next = stream.next() => next,
             };
-            let relist = match next {
+            let (relist, failure) = match next {
                 Some(Ok(event)) => {
                     if let Some(event) = resync.step(event) {
                         log_event(&event);
@@ -306,27 +302,17 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>) {
                     }
                     continue;
                 }
-                Some(Err(err)) => {
-                    let relist = is_gone(&err);
-                    let delay = backoff.next().unwrap_or(MAX_BACKOFF);
-                    warn!(error = %err, retry_in = ?delay, relist, "watch failed");
-                    tokio::select! {
-                        () = tx.closed() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    relist
-                }
-                None => {
-                    // kube's watcher never ends; if it does, do not spin.
-                    let delay = backoff.next().unwrap_or(MAX_BACKOFF);
-                    warn!(retry_in = ?delay, "watch stream ended");
-                    tokio::select! {
-                        () = tx.closed() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    true
-                }
+                Some(Err(err)) => (is_gone(&err), err.to_string()),
+                // kube's watcher never ends; if it does, start over without
+                // spinning.
+                None => (true, "watch stream ended".to_owned()),
             };
+            let delay = backoff.next().unwrap_or(MAX_BACKOFF);
+            warn!(error = %failure, retry_in = ?delay, relist, "watch failed");
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
             if relist {
                 break;
             }
