@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -153,6 +153,9 @@ pub struct FakeApiServer {
     shared: Arc<Mutex<Shared>>,
     arrived: Arc<Notify>,
     accept: Option<JoinHandle<()>>,
+    /// While stopped: the port, bound but not listening, so connections are
+    /// refused and no other socket can take the port.
+    reserved: Option<TcpSocket>,
 }
 
 impl FakeApiServer {
@@ -165,6 +168,7 @@ impl FakeApiServer {
             shared: Arc::default(),
             arrived: Arc::default(),
             accept: None,
+            reserved: None,
         };
         server.serve(listener);
         server
@@ -211,17 +215,20 @@ impl FakeApiServer {
     pub async fn stop(&mut self) {
         if let Some(accept) = self.accept.take() {
             accept.abort();
-            // Wait for the listener and connections to be dropped, so the
-            // next connection attempt is refused.
+            // Wait for the listener and connections to be dropped.
             let _ = accept.await;
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            socket.bind(self.addr).unwrap();
+            self.reserved = Some(socket);
         }
     }
 
     /// Listens again on the same port.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
+        let socket = self.reserved.take().unwrap();
+        self.serve(socket.listen(1024).unwrap());
     }
 
     /// Every request so far.
