@@ -174,6 +174,11 @@ pub struct PeerConfig {
     /// Families to negotiate.
     #[serde(default = "default_families")]
     pub families: Vec<Family>,
+    /// Send our link-local IPv6 address next to the global next hop
+    /// (RFC 2545) on this eBGP session. Off by default: FRR without zebra
+    /// cannot use it and resets the session.
+    #[serde(default)]
+    pub link_local_next_hop: bool,
 }
 
 impl PeerConfig {
@@ -190,6 +195,7 @@ impl PeerConfig {
             hold_time: None,
             local_address: None,
             families: default_families(),
+            link_local_next_hop: false,
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod fib;
 pub mod fsm;
+pub mod iface;
 pub mod packet;
 pub mod rib;
 pub mod speaker;

@@ -40,6 +40,9 @@ pub struct PeerInfo {
     pub local_v4: Option<Ipv4Addr>,
     /// Our IPv6 address for this session (next hop for IPv6 routes).
     pub local_v6: Option<Ipv6Addr>,
+    /// Our link-local IPv6 address on the session's interface, sent next to
+    /// `local_v6` to eBGP peers (RFC 2545).
+    pub local_link_local: Option<Ipv6Addr>,
     /// Negotiated families.
     pub families: Vec<Family>,
     /// Encoding context of the session.
@@ -200,6 +203,7 @@ fn local_info() -> PeerInfo {
         next_hop_self: false,
         local_v4: None,
         local_v6: None,
+        local_link_local: None,
         families: Family::ALL.to_vec(),
         ctx: Ctx::default(),
     }
@@ -651,7 +655,21 @@ impl Rib {
                 if let IpAddr::V4(nh) = ra.next_hop {
                     attrs.next_hop = Some(nh);
                 }
-                msgs.extend(encode_announce(&attrs, family, ra.next_hop, &ps, &info.ctx));
+                // RFC 2545: our link-local address goes along when we are
+                // the next hop for a directly connected (eBGP) peer.
+                let ebgp = info.asn != self.cfg.local_as;
+                let link_local = match ra.next_hop {
+                    IpAddr::V6(nh) if ebgp && Some(nh) == info.local_v6 => info.local_link_local,
+                    _ => None,
+                };
+                msgs.extend(encode_announce(
+                    &attrs,
+                    family,
+                    ra.next_hop,
+                    link_local,
+                    &ps,
+                    &info.ctx,
+                ));
             }
         }
         msgs

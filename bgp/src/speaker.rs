@@ -976,6 +976,7 @@ impl Core {
                     }
                 }
                 let local_ip = local.map(|l| l.ip().to_canonical());
+                let v6 = local_ip.map(crate::iface::v6_next_hops).unwrap_or_default();
                 let info = PeerInfo {
                     address: addr,
                     asn: neg.peer_as,
@@ -986,10 +987,14 @@ impl Core {
                         Some(IpAddr::V4(a)) => Some(a),
                         _ => None,
                     },
+                    // Configured, else the session's own IPv6 address,
+                    // else a global one on the session's interface.
                     local_v6: match local_ip {
+                        _ if next_hop_v6.is_some() => next_hop_v6,
                         Some(IpAddr::V6(a)) => Some(a),
-                        _ => next_hop_v6,
+                        _ => v6.global,
                     },
+                    local_link_local: v6.link_local.filter(|_| cfg.link_local_next_hop),
                     families: neg.families.clone(),
                     ctx,
                 };

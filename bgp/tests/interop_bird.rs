@@ -57,11 +57,11 @@ const TABBY_EBGP: &str = r#"
 router_id = "10.77.0.1"
 asn = 65001
 announce = ["10.10.0.0/26", "fd10::/64"]
-next_hop_v6 = "fd77::1"
 connect_retry = 1
 [[peers]]
 address = "10.77.0.2"
 asn = 65002
+link_local_next_hop = true
 "#;
 
 #[test]
@@ -88,6 +88,10 @@ fn ebgp_with_bird_carries_ipv4_and_ipv6_both_ways_into_both_kernels_and_withdraw
             && lab.has_route("bird", "fd10::/64", &["via fd77::1", "proto bird"])
     });
     assert!(bird.route("10.10.0.0/26").contains("BGP.as_path: 65001"));
+    // Without next_hop_v6 configured, our IPv6 next hop is the global
+    // address of the session's interface, plus its link-local (RFC 2545).
+    let r6 = bird.route("fd10::/64");
+    assert!(r6.contains("BGP.next_hop: fd77::1 fe80::"), "{r6}");
     // A withdraw on BIRD's side removes the route from our kernel.
     bird.cmd("disable s4");
     wait_until("withdrawn prefixes gone from our FIB", 30, || {

@@ -528,6 +528,7 @@ fn many_prefixes_are_split_into_messages_under_4096_bytes() {
         &ebgp_attrs(),
         Family::Ipv4Unicast,
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+        None,
         &prefixes,
         &ctx,
     );

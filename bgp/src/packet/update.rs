@@ -329,12 +329,13 @@ impl Update {
 
 /// Encodes announcements of `prefixes` (all of one family) with `attrs`
 /// into as many UPDATE messages as needed to stay within 4096 bytes. For
-/// IPv4, `attrs.next_hop` must be set; for IPv6, `next_hop` goes in
-/// MP_REACH.
+/// IPv4, `attrs.next_hop` must be set; for IPv6, `next_hop` (and the
+/// optional `link_local`, RFC 2545) go in MP_REACH.
 pub fn encode_announce(
     attrs: &PathAttrs,
     family: Family,
     next_hop: IpAddr,
+    link_local: Option<Ipv6Addr>,
     prefixes: &[IpNet],
     ctx: &Ctx,
 ) -> Vec<Vec<u8>> {
@@ -352,7 +353,7 @@ pub fn encode_announce(
             mp_reach: Some(MpReach {
                 family,
                 next_hop,
-                link_local: None,
+                link_local,
                 nlri: chunk.to_vec(),
             }),
             ..Update::default()

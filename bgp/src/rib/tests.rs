@@ -25,6 +25,7 @@ fn peer(n: u8, asn: u32, rr_client: bool) -> PeerInfo {
         next_hop_self: false,
         local_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
         local_v6: Some("2001:db8::1".parse().unwrap()),
+        local_link_local: Some("fe80::1".parse().unwrap()),
         families: Family::ALL.to_vec(),
         ctx: Ctx::default(),
     }

@@ -316,6 +316,17 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // A failing test shows what the daemons said.
+        if std::thread::panicking() {
+            for (label, _) in &self.children {
+                let log = self.log(label);
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("--- last lines of {label}:");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
         for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
