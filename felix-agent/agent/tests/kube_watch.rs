@@ -538,6 +538,37 @@ async fn an_outage_backs_off_and_resumes_without_any_reset() {
 }
 
 #[tokio::test]
+async fn an_api_server_failing_at_start_sends_nothing_until_a_list_completes() {
+    log_to_test_output();
+    let server = FakeApiServer::start().await;
+    // The first two pod LISTs fail, the third is the recorded one.
+    let failed = Reply::Status {
+        code: 500,
+        reason: "InternalError",
+        message: "etcdserver: leader changed".into(),
+    };
+    server.list(PODS, failed.clone());
+    server.list(PODS, failed);
+    serve_initial_lists(&server);
+    let mut consumer = Consumer::start(KubeDatastore::from_client(server.client()));
+
+    consumer.until_all_reset().await;
+
+    // No empty reset stood in for the failed LISTs.
+    assert_eq!(consumer.of(Kind::Pod), [pod_reset_before()]);
+    let lists = server.requests_for(PODS, false);
+    assert_eq!(lists.len(), 3);
+    for (i, min) in [(1, 0.8), (2, 1.6)] {
+        let gap = lists[i].at - lists[i - 1].at;
+        assert!(
+            gap >= Duration::from_secs_f64(min),
+            "LIST {i} came {gap:?} after the previous one"
+        );
+    }
+    consumer.stop().await;
+}
+
+#[tokio::test]
 async fn a_watch_that_keeps_expiring_relists_no_faster_than_the_backoff() {
     let server = server_with_lists().await;
     // Every LIST succeeds and every WATCH is answered 410 at once.
