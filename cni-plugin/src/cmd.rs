@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
-use tabby_common::agent::{self, AgentError, AgentRequest};
+use tabby_common::agent::{self, AgentError, AgentRequest, CniSettings};
 use tabby_common::endpoint::{EndpointRecord, EndpointStore};
 use tabby_common::ipam::AttachmentKey;
 use tabby_common::naming::{GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, format_mac, host_veth_name};
@@ -19,9 +19,6 @@ use crate::ipam;
 use crate::result::{CniOutput, Interface, IpConfig, Route};
 use crate::wiring::{self, Expected, WireRequest};
 
-/// How long ADD waits for the agent to program the endpoint. Fail closed:
-/// when the agent does not answer, the pod does not start.
-const AGENT_ADD_TIMEOUT: Duration = Duration::from_secs(10);
 /// DEL only informs the agent; it never waits long for it.
 const AGENT_DEL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -143,21 +140,37 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     undo.push(Undo::Record);
 
     if let Some(sock) = &conf.agent_socket {
+        let settings = CniSettings::read(&conf.run_dir);
         let req = AgentRequest::Add { endpoint: record };
-        if let Err(e) = agent::call(sock, &req, AGENT_ADD_TIMEOUT) {
-            unwind(conf, env, undo);
-            return Err(match e {
-                AgentError::Unreachable { .. } => CniError::new(
-                    Code::TryAgainLater,
-                    "the node agent is not running",
-                    e.to_string(),
-                ),
-                other => CniError::new(
+        match agent::call(sock, &req, settings.timeout()) {
+            Ok(()) => {}
+            // The agent refused: it is up and said no, whatever fail-open says.
+            Err(e @ AgentError::Refused(_)) => {
+                unwind(conf, env, undo);
+                return Err(CniError::new(
                     Code::Agent,
                     "the node agent did not program the pod",
-                    other.to_string(),
-                ),
-            });
+                    e.to_string(),
+                ));
+            }
+            Err(e) if settings.fail_open => {
+                warn!(error = %e, "the node agent did not answer; starting the pod anyway (failOpen)");
+            }
+            Err(e) => {
+                unwind(conf, env, undo);
+                return Err(match e {
+                    AgentError::Unreachable { .. } => CniError::new(
+                        Code::TryAgainLater,
+                        "the node agent is not running",
+                        e.to_string(),
+                    ),
+                    other => CniError::new(
+                        Code::Agent,
+                        "the node agent did not program the pod",
+                        other.to_string(),
+                    ),
+                });
+            }
         }
     }
 

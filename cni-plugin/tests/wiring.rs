@@ -473,3 +473,45 @@ fn a_pod_that_sends_at_once_is_reachable_without_waiting_for_arp() {
     n.del_pod("g1", &pod);
     n.assert_clean();
 }
+
+#[test]
+fn the_agents_settings_bound_the_wait_and_may_fail_open() {
+    use std::os::unix::net::UnixListener;
+    use tabby_common::agent::CniSettings;
+    let n = Node::new("agentwait");
+    let sock = n.dir.path().join("agent.sock");
+    let mut conf = n.conf("1.1.0");
+    conf["agentSocket"] = serde_json::json!(sock);
+    // An agent that accepts but never answers.
+    let listener = UnixListener::bind(&sock).unwrap();
+    let hold = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            conns.push(listener.accept().unwrap().0);
+        }
+        conns
+    });
+    let settings = |fail_open| {
+        CniSettings {
+            timeout_ms: 300,
+            fail_open,
+        }
+        .write(&n.run_dir())
+        .unwrap()
+    };
+    settings(false);
+    let pod = Netns::new("w1");
+    let started = std::time::Instant::now();
+    n.cni("ADD", "w1", Some(&pod.path()), &conf).expect_err(103);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the 300 ms bound was not used"
+    );
+    n.assert_clean();
+    settings(true);
+    let res = n.cni("ADD", "w1", Some(&pod.path()), &conf).expect_ok();
+    assert_ping(&n.node, &ipv4_of(&res));
+    drop(hold);
+    n.cni("DEL", "w1", Some(&pod.path()), &conf).expect_ok();
+    n.assert_clean();
+}

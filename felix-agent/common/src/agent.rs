@@ -25,6 +25,57 @@ use serde::{Deserialize, Serialize};
 
 use crate::endpoint::EndpointRecord;
 
+/// Name of the file under `runDir` where the agent tells the plugin how to
+/// wait for it (the agent's flags set it; the plugin reads it on ADD).
+pub const CNI_SETTINGS_FILE: &str = "cni-settings.json";
+
+/// How the plugin waits for the agent on ADD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CniSettings {
+    /// How long ADD waits for the agent's acknowledgement.
+    pub timeout_ms: u64,
+    /// When the agent does not answer: false fails the ADD (the default),
+    /// true lets the pod start without waiting for its policy.
+    pub fail_open: bool,
+}
+
+impl Default for CniSettings {
+    fn default() -> Self {
+        CniSettings {
+            timeout_ms: 10_000,
+            fail_open: false,
+        }
+    }
+}
+
+impl CniSettings {
+    /// Reads the settings under `run_dir`; the defaults when there are none
+    /// (the agent has never run) or they do not parse.
+    pub fn read(run_dir: &Path) -> Self {
+        std::fs::read(run_dir.join(CNI_SETTINGS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes the settings under `run_dir` atomically.
+    pub fn write(&self, run_dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(run_dir)?;
+        let tmp = run_dir.join(format!(".{CNI_SETTINGS_FILE}.{}", std::process::id()));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, run_dir.join(CNI_SETTINGS_FILE))
+    }
+
+    /// The timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
+    }
+}
+
 /// A request from the plugin to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
@@ -170,6 +221,20 @@ pub fn call(path: &Path, req: &AgentRequest, timeout: Duration) -> Result<(), Ag
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn settings_default_when_absent_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(CniSettings::read(dir.path()), CniSettings::default());
+        let s = CniSettings {
+            timeout_ms: 2500,
+            fail_open: true,
+        };
+        s.write(dir.path()).unwrap();
+        assert_eq!(CniSettings::read(dir.path()), s);
+        std::fs::write(dir.path().join(CNI_SETTINGS_FILE), "{\"timeoutMs\": 7}").unwrap();
+        assert_eq!(CniSettings::read(dir.path()).timeout_ms, 7);
+    }
 
     #[test]
     fn requests_have_the_documented_wire_form() {

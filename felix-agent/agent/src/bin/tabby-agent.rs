@@ -13,6 +13,7 @@ use tabby_agent::datastore::dir::DirDatastore;
 use tabby_agent::datastore::kube::KubeDatastore;
 use tabby_agent::metrics::Metrics;
 use tabby_agent::server;
+use tabby_common::agent::CniSettings;
 use tracing::info;
 
 /// The tabby node agent.
@@ -37,6 +38,12 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9099")]
     metrics_addr: SocketAddr,
+    /// How long the CNI plugin waits for this agent on ADD, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    cni_timeout_ms: u64,
+    /// Let pods start when the agent does not answer in time (default: fail closed).
+    #[arg(long)]
+    cni_fail_open: bool,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -84,6 +91,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
     }
 
+    CniSettings {
+        timeout_ms: args.cni_timeout_ms,
+        fail_open: args.cni_fail_open,
+    }
+    .write(&args.run_dir)
+    .with_context(|| format!("writing the CNI settings under {}", args.run_dir.display()))?;
     let socket = args.run_dir.join("agent.sock");
     let listener = server::bind_cni_socket(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
