@@ -37,7 +37,8 @@ fn malformed_input_gets_the_spec_error_code() {
         }
         e
     };
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
+    let cases: Vec<Case> = vec![
         ("no CNI_COMMAND", with("CNI_COMMAND", None), good.clone(), 4),
         ("unknown CNI_COMMAND", with("CNI_COMMAND", Some("ATTACH")), good.clone(), 4),
         ("no CNI_CONTAINERID", with("CNI_CONTAINERID", None), good.clone(), 4),
