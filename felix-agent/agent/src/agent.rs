@@ -181,36 +181,29 @@ impl Agent {
         self.index.delete_pod(key);
     }
 
-    /// Replaces everything known of one kind.
-    fn reset(&mut self, kind: Kind, objects: Vec<Object>) {
+    /// Forgets every object of `kind` that is not in `keep`.
+    fn prune(&mut self, kind: Kind, keep: &[ObjectRef]) {
+        let ns_of = |r: &ObjectRef| r.namespace.clone().unwrap_or_else(|| "default".into());
         match kind {
             Kind::Pod => {
-                let keep: BTreeSet<PodKey> = objects
+                let keep: BTreeSet<PodKey> = keep
                     .iter()
-                    .filter_map(|o| match o {
-                        Object::Pod(p) => Some(key_of(p)),
-                        _ => None,
-                    })
+                    .map(|r| PodKey::new(ns_of(r), r.name.clone()))
                     .collect();
                 for gone in self.pod_keys.difference(&keep).cloned().collect::<Vec<_>>() {
                     self.delete_pod(&gone);
                 }
             }
             Kind::Namespace => {
-                let keep: BTreeSet<String> = objects.iter().map(|o| o.reference().name).collect();
+                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
                 for gone in self.ns_keys.difference(&keep).cloned().collect::<Vec<_>>() {
                     self.ns_keys.remove(&gone);
                     self.index.delete_namespace(&gone);
                 }
             }
             Kind::NetworkPolicy => {
-                let keep: BTreeSet<(String, String)> = objects
-                    .iter()
-                    .map(|o| {
-                        let r = o.reference();
-                        (r.namespace.unwrap_or_else(|| "default".into()), r.name)
-                    })
-                    .collect();
+                let keep: BTreeSet<(String, String)> =
+                    keep.iter().map(|r| (ns_of(r), r.name.clone())).collect();
                 for gone in self
                     .policy_keys
                     .difference(&keep)
@@ -222,9 +215,6 @@ impl Agent {
                 }
             }
             Kind::Node => {}
-        }
-        for o in objects {
-            self.apply(o);
         }
     }
 
@@ -256,7 +246,16 @@ impl Agent {
             Event::Reset(kind, objects) => {
                 info!(?kind, count = objects.len(), "datastore resync");
                 self.resets.insert(kind);
-                self.reset(kind, objects);
+                let refs: Vec<ObjectRef> = objects.iter().map(Object::reference).collect();
+                self.prune(kind, &refs);
+                for o in objects {
+                    self.apply(o);
+                }
+            }
+            Event::Prune(kind, keep) => {
+                info!(?kind, count = keep.len(), "datastore resync");
+                self.resets.insert(kind);
+                self.prune(kind, &keep);
             }
             Event::Apply(o) => {
                 let r = o.reference();

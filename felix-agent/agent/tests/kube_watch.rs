@@ -99,12 +99,15 @@ fn summary(event: &Event) -> String {
             r.kind,
             display_name(r.namespace.as_deref(), &r.name)
         ),
+        // The Kubernetes backend delivers whole lists as Reset; a Prune
+        // here would be a bug the comparison should show.
+        Event::Prune(kind, keep) => format!("prune {kind:?} {}", keep.len()),
     }
 }
 
 fn kind_of(event: &Event) -> Kind {
     match event {
-        Event::Reset(kind, _) => *kind,
+        Event::Reset(kind, _) | Event::Prune(kind, _) => *kind,
         Event::Apply(o) => o.kind(),
         Event::Delete(r) => r.kind,
     }

@@ -323,6 +323,7 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>) {
 fn log_event(event: &Event) {
     match event {
         Event::Reset(_, objects) => info!(objects = objects.len(), "resynced"),
+        Event::Prune(_, keep) => info!(objects = keep.len(), "resynced"),
         Event::Apply(o) => {
             let r = o.reference();
             debug!(namespace = ?r.namespace, name = %r.name, "applied");

@@ -84,6 +84,10 @@ pub struct ObjectRef {
 pub enum Event {
     /// The complete current set of objects of one kind.
     Reset(Kind, Vec<Object>),
+    /// The same as a `Reset` delivered in pieces, so a large list never has
+    /// to be held whole: the objects came as `Apply` events, and these are
+    /// all the objects of the kind; everything else of the kind is gone.
+    Prune(Kind, Vec<ObjectRef>),
     /// An object was added or changed.
     Apply(Object),
     /// An object was deleted.
