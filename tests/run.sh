@@ -8,4 +8,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Some tests run binaries of other packages (the agent tests run `tabby`).
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads "${TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads "${TEST_THREADS:-4}"

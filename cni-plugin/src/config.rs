@@ -590,7 +590,7 @@ mod tests {
             r#"{"cniVersion":"0.4.0","name":"n","type":"tabby","mtu":1400,"dataDir":"/d","runDir":"/r",
                 "agentSocket":"/r/agent.sock","ipam":{"type":"tabby-ipam","subnets":["10.0.0.0/24","fd00::/120"]},
                 "args":{},"runtimeConfig":{},"capabilities":{"portMappings":true},"dns":{"nameservers":["10.0.0.10"]},
-                "cni.dev/attachments":1}"#,
+                "cni.dev/example":1}"#,
         )
         .unwrap();
         assert_eq!(c.mtu, Some(1400));
