@@ -132,7 +132,7 @@ impl std::fmt::Debug for Command {
 /// normal operation, the rest absorbs events made while paused.
 const SUBSCRIBER_QUEUE: usize = 1024;
 /// A subscriber this many batches behind pauses UPDATE intake.
-const PAUSE_BACKLOG: usize = 8;
+const PAUSE_BACKLOG: usize = 2;
 
 /// A route subscriber; events that do not fit its channel wait here.
 struct Subscriber {
