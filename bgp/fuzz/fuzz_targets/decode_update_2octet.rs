@@ -12,5 +12,10 @@ fuzz_target!(|body: &[u8]| {
     msg.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
     msg.push(2);
     msg.extend_from_slice(body);
-    let _ = Message::decode(&msg, &Ctx { four_octet_as: false });
+    let _ = Message::decode(
+        &msg,
+        &Ctx {
+            four_octet_as: false,
+        },
+    );
 });
