@@ -132,6 +132,9 @@ pub struct Negotiated {
     pub four_octet_as: bool,
     /// The peer accepts ROUTE-REFRESH.
     pub route_refresh: bool,
+    /// Both sides support enhanced route refresh (RFC 7313): refreshes are
+    /// framed by BoRR/EoRR, and the receiver sweeps what was not refreshed.
+    pub enhanced_route_refresh: bool,
     /// The peer's graceful restart capability, if both sides sent one.
     pub gr: Option<PeerGr>,
 }
@@ -268,6 +271,7 @@ impl Fsm {
             })
             .collect();
         caps.push(Capability::RouteRefresh);
+        caps.push(Capability::EnhancedRouteRefresh);
         if let Some(rt) = self.cfg.graceful_restart {
             caps.push(Capability::GracefulRestart {
                 restart_state: self.cfg.restarting,
@@ -567,6 +571,10 @@ impl Fsm {
             families,
             four_octet_as: open.four_octet_as().is_some(),
             route_refresh: open.route_refresh(),
+            enhanced_route_refresh: open
+                .capabilities
+                .iter()
+                .any(|c| matches!(c, Capability::EnhancedRouteRefresh)),
             gr,
         });
         if let Some(c) = self.conn {

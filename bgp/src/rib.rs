@@ -305,6 +305,21 @@ impl Rib {
         }
     }
 
+    /// Marks the routes of `peer` for `family` stale: a Beginning-of-RIB
+    /// refresh (RFC 7313) is starting; [`Rib::sweep_stale`] at its end
+    /// removes what the peer did not send again.
+    pub fn mark_stale(&mut self, peer: PeerIdx, family: Family) {
+        let mark = |paths: &mut Paths| {
+            for p in paths.iter_mut().filter(|p| p.peer == peer) {
+                p.stale = true;
+            }
+        };
+        match family {
+            Family::Ipv4Unicast => self.v4.values_mut().for_each(mark),
+            Family::Ipv6Unicast => self.v6.values_mut().for_each(mark),
+        }
+    }
+
     /// Forgets a peer entirely (de-configured).
     pub fn remove_peer(&mut self, peer: PeerIdx) {
         self.peer_down(peer, false);

@@ -1048,10 +1048,41 @@ impl Core {
                     return;
                 };
                 let (idx, conn) = (p.idx, p.fsm.connection());
-                if let (Some(f), Some(conn)) = (Family::from_afi_safi(r.afi, r.safi), conn) {
-                    for m in self.rib.refresh(idx, f) {
-                        self.send(conn, m);
+                let enhanced = p
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.enhanced_route_refresh);
+                let (Some(f), Some(conn)) = (Family::from_afi_safi(r.afi, r.safi), conn) else {
+                    return;
+                };
+                let ctx = self.conns.get(&conn).map(|c| c.ctx).unwrap_or_default();
+                let marker = |subtype| {
+                    Message::RouteRefresh(crate::packet::RouteRefresh {
+                        afi: r.afi,
+                        subtype,
+                        safi: r.safi,
+                    })
+                    .encode(&ctx)
+                };
+                match r.subtype {
+                    // A request: resend everything, framed by BoRR/EoRR
+                    // when enhanced route refresh was negotiated.
+                    0 => {
+                        if enhanced {
+                            self.send(conn, marker(1));
+                        }
+                        for m in self.rib.refresh(idx, f) {
+                            self.send(conn, m);
+                        }
+                        if enhanced {
+                            self.send(conn, marker(2));
+                        }
                     }
+                    // RFC 7313 §4: BoRR marks the peer's routes stale, EoRR
+                    // removes those it did not send again.
+                    1 if enhanced => self.rib.mark_stale(idx, f),
+                    2 if enhanced => self.rib.sweep_stale(idx, Some(f)),
+                    _ => {}
                 }
             }
         }

@@ -263,6 +263,43 @@ fn when_bird_restarts_gracefully_we_keep_its_routes_until_its_end_of_rib() {
     assert!(lab.has_route("us", "10.20.0.0/26", &["via 10.77.0.2", "proto 151"]));
 }
 
+#[test]
+fn route_refresh_with_bird_works_both_ways_and_an_enhanced_refresh_drops_what_bird_no_longer_sends()
+{
+    let mut lab = Lab::new("rr7313");
+    pair(&mut lab);
+    let conf = |filter: &str| {
+        ebgp_bird_conf("", BIRD_STATICS).replace(
+            "ipv4 { import all; export all; };",
+            &format!("ipv4 {{ import all; export {filter}; }};"),
+        )
+    };
+    let bird = lab.bird("bird", "bird", &conf("all"));
+    let tabby = lab.tabby("us", "tabby", TABBY_EBGP);
+    wait_until("session up", 60, || {
+        tabby.established("10.77.0.2") && bird.established("tabby")
+    });
+    wait_until("BIRD's routes in our FIB", 30, || {
+        lab.has_route("us", "10.20.0.64/26", &["via 10.77.0.2", "proto 151"])
+    });
+    let r = bird.cmd("show protocols all tabby");
+    assert!(r.contains("Enhanced refresh"), "{r}");
+    // BIRD asks us for our routes again: they stay in its table.
+    bird.cmd("reload in tabby");
+    holds_for("our routes stay at BIRD during the refresh", 2, || {
+        lab.has_route("bird", "10.10.0.0/26", &["via 10.77.0.1"])
+    });
+    // BIRD stops exporting one route and re-sends the rest.
+    std::fs::write(lab.path("bird.conf"), conf("where net != 10.20.0.64/26")).unwrap();
+    bird.cmd("configure");
+    bird.cmd("reload out tabby");
+    wait_until("the route BIRD no longer sends is gone", 30, || {
+        !lab.routes("us").contains("10.20.0.64/26")
+    });
+    assert!(lab.has_route("us", "10.20.0.0/26", &["via 10.77.0.2", "proto 151"]));
+    assert!(tabby.established("10.77.0.2"));
+}
+
 /// Our speaker as route reflector for two BIRD clients on one bridge.
 #[test]
 fn our_route_reflector_reflects_between_two_bird_clients() {

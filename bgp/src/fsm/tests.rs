@@ -380,3 +380,19 @@ fn our_open_carries_restart_state_and_forwarding_bits_after_a_restart() {
     assert!(families.iter().all(|f| f.forwarding));
     assert_eq!(open.four_octet_as(), Some(65001));
 }
+
+#[test]
+fn enhanced_route_refresh_is_offered_and_negotiated_when_both_sides_have_it() {
+    let mut fsm = Fsm::new(cfg());
+    assert!(
+        fsm.open_message()
+            .capabilities
+            .contains(&Capability::EnhancedRouteRefresh)
+    );
+    fsm.handle(Event::ManualStart);
+    fsm.handle(Event::TcpCrAcked(C1));
+    let mut open = peer_open([10, 0, 0, 9], 90);
+    open.capabilities.push(Capability::EnhancedRouteRefresh);
+    fsm.handle(Event::BgpOpen(C1, open));
+    assert!(fsm.negotiated().unwrap().enhanced_route_refresh);
+}

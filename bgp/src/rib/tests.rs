@@ -673,3 +673,24 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn an_enhanced_route_refresh_sweeps_what_the_peer_did_not_send_again() {
+    let mut rib = rib();
+    rib.peer_up(1, peer(2, 65002, false));
+    announce(&mut rib, 1, "10.9.0.0/24", [192, 0, 2, 2], path(&[65002]));
+    announce(&mut rib, 1, "10.8.0.0/24", [192, 0, 2, 2], path(&[65002]));
+    rib.take_changes();
+    // BoRR, one route again, EoRR.
+    rib.mark_stale(1, Family::Ipv4Unicast);
+    announce(&mut rib, 1, "10.9.0.0/24", [192, 0, 2, 2], path(&[65002]));
+    assert!(rib.take_changes().is_empty(), "no flap while refreshing");
+    rib.sweep_stale(1, Some(Family::Ipv4Unicast));
+    assert_eq!(
+        rib.take_changes(),
+        vec![BestChange {
+            prefix: net("10.8.0.0/24"),
+            next_hops: vec![]
+        }]
+    );
+}
