@@ -279,6 +279,37 @@ impl Lab {
         frr
     }
 
+    /// Starts gobgpd in `short` with TOML config text; its API listens on
+    /// 127.0.0.1:50051 inside the namespace.
+    pub fn gobgp(&mut self, short: &str, label: &str, conf: &str) -> Gobgp {
+        require("gobgpd", "gobgpd");
+        let conf_path = self.write(&format!("{label}.toml"), conf);
+        self.spawn(
+            short,
+            label,
+            &[
+                "gobgpd",
+                "-f",
+                conf_path.to_str().unwrap(),
+                "--api-hosts",
+                "127.0.0.1:50051",
+            ],
+        );
+        let g = Gobgp {
+            ns: self.ns_name(short),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !g.cmd(&["global"]).contains("AS") {
+            assert!(
+                Instant::now() < deadline,
+                "gobgpd {label} did not start: {}",
+                self.log(label)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        g
+    }
+
     /// Starts our speaker in `short` with TOML config text.
     pub fn tabby(&mut self, short: &str, label: &str, toml: &str) -> Tabby {
         let ctl = self.path(&format!("{label}.sock"));
@@ -424,6 +455,20 @@ impl Frr {
             .iter()
             .find(|p| p["bestpath"]["overall"] == true)
             .and_then(|p| p["nexthops"][0]["ip"].as_str().map(str::to_string))
+    }
+}
+
+/// A running gobgpd.
+pub struct Gobgp {
+    pub ns: String,
+}
+
+impl Gobgp {
+    /// Runs a `gobgp` CLI command against this daemon.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.ns, "gobgp", "-u", "127.0.0.1"];
+        v.extend_from_slice(args);
+        sh_lossy(&v)
     }
 }
 
