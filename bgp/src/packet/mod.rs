@@ -211,7 +211,7 @@ impl Message {
     }
 
     /// Encodes the message, header included. An UPDATE too large for one
-    /// message is the caller's to split (see [`update::UpdateBuilder`]).
+    /// message is the caller's to split (see [`update::encode_announce`]).
     pub fn encode(&self, ctx: &Ctx) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&[0xff; 16]);
