@@ -435,7 +435,6 @@ struct Core {
     subscribers: Vec<Subscriber>,
     announced: BTreeSet<IpNet>,
     next_conn: u64,
-    next_idx: PeerIdx,
     synced: bool,
     sync_deadline: Instant,
 }
@@ -465,7 +464,6 @@ impl Core {
             subscribers: Vec::new(),
             announced: BTreeSet::new(),
             next_conn: 1,
-            next_idx: 1,
             synced: false,
         }
     }
@@ -581,11 +579,16 @@ impl Core {
             return;
         }
         info!(peer = %cfg.address, asn = cfg.asn, "adding peer");
+        // The lowest free index: removed peers leave nothing behind in the
+        // RIB, so indexes can be reused and never run out under churn.
+        let Some(idx) = (1..=PeerIdx::MAX).find(|i| self.peers.iter().all(|(_, p)| p.idx != *i))
+        else {
+            warn!(peer = %cfg.address, "too many peers");
+            return;
+        };
         if let Some(pw) = &cfg.password {
             self.set_md5(cfg.address, pw.as_bytes());
         }
-        let idx = self.next_idx;
-        self.next_idx = self.next_idx.wrapping_add(1).max(1);
         let addr = cfg.address;
         let fsm = Fsm::new(self.fsm_config(&cfg));
         self.peers.push((
