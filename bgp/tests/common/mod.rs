@@ -89,6 +89,11 @@ impl Lab {
         for ns in sh_lossy(&["ip", "netns", "list"]).lines() {
             let name = ns.split_whitespace().next().unwrap_or("");
             if name.starts_with(&stale_prefix) {
+                // A run that could not clean up (e.g. the benchmark, built
+                // with panic = "abort") may have left daemons inside.
+                for pid in sh_lossy(&["ip", "netns", "pids", name]).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
                 let _ = Command::new("ip").args(["netns", "del", name]).status();
             }
         }
