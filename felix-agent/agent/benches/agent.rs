@@ -121,6 +121,8 @@ fn main() {
                 node_name: "local".into(),
                 run_dir: dir.path().join("run"),
                 data_dir: dir.path().join("data"),
+                bgp_port: None,
+                asn: 64512,
             },
             metrics,
         );

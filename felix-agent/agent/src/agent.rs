@@ -34,6 +34,10 @@ pub struct AgentConfig {
     pub run_dir: PathBuf,
     /// Where the blocks file lives.
     pub data_dir: PathBuf,
+    /// BGP: the port of the full mesh, or None to run without BGP.
+    pub bgp_port: Option<u16>,
+    /// BGP: this node's AS.
+    pub asn: u32,
 }
 
 /// A CNI request with the channel its answer goes back on.
@@ -56,6 +60,8 @@ pub struct Agent {
     programmed: Option<Compiled>,
     resets: BTreeSet<Kind>,
     blocks: Vec<IpNet>,
+    /// Every node's address (InternalIP), for the BGP full mesh.
+    nodes: BTreeMap<String, Option<IpAddr>>,
     netlink: Option<Netlink>,
     metrics: Arc<Metrics>,
 }
@@ -86,6 +92,21 @@ fn key_of(pod: &Pod) -> PodKey {
             .unwrap_or_else(|| "default".into()),
         pod.metadata.name.clone().unwrap_or_default(),
     )
+}
+
+/// A node's InternalIP (IPv4 preferred), the address BGP peers with.
+fn node_address(node: &Node) -> Option<IpAddr> {
+    let addrs = node.status.as_ref()?.addresses.as_ref()?;
+    let internal: Vec<IpAddr> = addrs
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    internal
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(internal.first())
+        .copied()
 }
 
 /// An error with its causes, for logs.
@@ -124,6 +145,7 @@ impl Agent {
             programmed: None,
             resets: BTreeSet::new(),
             blocks,
+            nodes: BTreeMap::new(),
             netlink: None,
             metrics,
         }
@@ -214,7 +236,10 @@ impl Agent {
                     self.index.delete_policy(&gone.0, &gone.1);
                 }
             }
-            Kind::Node => {}
+            Kind::Node => {
+                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
+                self.nodes.retain(|n, _| keep.contains(n));
+            }
         }
     }
 
@@ -236,7 +261,11 @@ impl Agent {
                 ));
                 self.index.apply_policy(*np);
             }
-            Object::Node(n) => self.node_changed(&n),
+            Object::Node(n) => {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                self.nodes.insert(name, node_address(&n));
+                self.node_changed(&n);
+            }
         }
     }
 
@@ -282,8 +311,32 @@ impl Agent {
                 self.policy_keys.remove(&(ns.clone(), r.name.clone()));
                 self.index.delete_policy(&ns, &r.name);
             }
-            Kind::Node => {}
+            Kind::Node => {
+                self.nodes.remove(&r.name);
+            }
         }
+    }
+
+    /// What BGP should do now: (router ID, intent), or None while this
+    /// node's IPv4 address is unknown.
+    pub fn bgp_intent(&self) -> Option<(std::net::Ipv4Addr, crate::bgp::BgpIntent)> {
+        let router_id = match self.nodes.get(&self.cfg.node_name)? {
+            Some(IpAddr::V4(ip)) => *ip,
+            _ => return None,
+        };
+        let mesh: Vec<IpAddr> = self
+            .nodes
+            .iter()
+            .filter(|(name, _)| **name != self.cfg.node_name)
+            .filter_map(|(_, ip)| *ip)
+            .collect();
+        Some((
+            router_id,
+            crate::bgp::BgpIntent {
+                announce: self.blocks.clone(),
+                mesh,
+            },
+        ))
     }
 
     /// This node's blocks come from `spec.podCIDRs` of its Node object.
@@ -534,7 +587,22 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     let mut pending_program = false;
+    let mut bgp: Option<crate::bgp::Bgp> = None;
     loop {
+        if let Some(port) = agent.cfg.bgp_port
+            && agent.resets.len() == 4
+            && let Some((router_id, intent)) = agent.bgp_intent()
+        {
+            if bgp.is_none() {
+                match crate::bgp::Bgp::start(router_id, agent.cfg.asn, port, &intent).await {
+                    Ok(b) => bgp = Some(b),
+                    Err(e) => error!(error = %e, "cannot start BGP"),
+                }
+            }
+            if let Some(b) = bgp.as_mut() {
+                b.apply(&intent, port).await;
+            }
+        }
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
@@ -575,5 +643,8 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
-    info!("agent stopping; the dataplane stays in place");
+    if let Some(b) = bgp {
+        b.stop().await;
+    }
+    info!("agent stopping; the dataplane and routes stay in place");
 }

@@ -3,6 +3,7 @@
 //! `tabby-agent` binary wires them together.
 
 pub mod agent;
+pub mod bgp;
 pub mod datastore;
 pub mod metrics;
 pub mod nft;

@@ -44,6 +44,15 @@ struct Args {
     /// Let pods start when the agent does not answer in time (default: fail closed).
     #[arg(long)]
     cni_fail_open: bool,
+    /// Run without BGP (no routes to other nodes' pods).
+    #[arg(long)]
+    no_bgp: bool,
+    /// TCP port of the BGP full mesh.
+    #[arg(long, default_value_t = 179)]
+    bgp_port: u16,
+    /// This node's AS (until a BGPConfiguration says otherwise).
+    #[arg(long, default_value_t = tabby_agent::bgp::DEFAULT_ASN)]
+    bgp_asn: u32,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -126,6 +135,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             node_name: args.node_name,
             run_dir: args.run_dir.clone(),
             data_dir: args.data_dir,
+            bgp_port: (!args.no_bgp).then_some(args.bgp_port),
+            asn: args.bgp_asn,
         },
         metrics,
     );

@@ -1,0 +1,176 @@
+//! The agent's BGP: the embedded `tabby-bgp` speaker announces this node's
+//! blocks and learns the other nodes' (iBGP full mesh built from the Node
+//! objects, next hop = the other node, no encapsulation); a dedicated thread
+//! installs what it learns as kernel routes with protocol 151.
+//!
+//! Graceful restart: when the agent starts and finds its own BGP routes
+//! still in the kernel (it was restarted), it says so in its OPEN; peers
+//! keep its routes, and the leftovers are kept until the speaker has
+//! re-converged, then swept.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnet::IpNet;
+use tabby_bgp::config::{Config, PeerConfig};
+use tabby_bgp::fib::FibInstaller;
+use tabby_bgp::speaker::{RibEvent, Speaker, SpeakerHandle};
+use tabby_common::naming::RTPROT_TABBY_BGP;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+/// The AS of every node until a BGPConfiguration says otherwise.
+pub const DEFAULT_ASN: u32 = 64512;
+
+/// Errors starting BGP.
+#[derive(Debug, thiserror::Error)]
+pub enum BgpError {
+    /// The kernel route installer could not start.
+    #[error("BGP route installer: {0}")]
+    Fib(String),
+    /// The speaker could not start.
+    #[error("BGP speaker: {0}")]
+    Speaker(String),
+}
+
+/// What the agent wants BGP to do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BgpIntent {
+    /// Prefixes to announce (this node's blocks).
+    pub announce: Vec<IpNet>,
+    /// Full-mesh peers: the other nodes' addresses.
+    pub mesh: Vec<IpAddr>,
+}
+
+fn mesh_peers(mesh: &[IpAddr], asn: u32, port: u16) -> Vec<PeerConfig> {
+    mesh.iter()
+        .map(|ip| {
+            let mut p = PeerConfig::new(*ip, asn);
+            p.port = port;
+            p
+        })
+        .collect()
+}
+
+/// A running speaker and its route installer.
+pub struct Bgp {
+    handle: SpeakerHandle,
+    asn: u32,
+    applied: BgpIntent,
+}
+
+impl std::fmt::Debug for Bgp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bgp")
+            .field("asn", &self.asn)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bgp {
+    /// Starts the speaker with `router_id` (the node's IPv4 address) in
+    /// `asn`, listening on `port`, and the installer thread.
+    /// Peers and announcements are part of the first configuration: a
+    /// restarting speaker must know its peers before it decides it has
+    /// re-converged and sweeps the routes it kept.
+    pub async fn start(
+        router_id: Ipv4Addr,
+        asn: u32,
+        port: u16,
+        intent: &BgpIntent,
+    ) -> Result<Bgp, BgpError> {
+        // The installer owns a netlink socket, so it lives on one thread;
+        // it first reports whether routes of a previous run are there.
+        let (left_tx, left_rx) = oneshot::channel::<Result<usize, String>>();
+        let (sub_tx, sub_rx) = oneshot::channel::<tokio::sync::mpsc::Receiver<RibEvent>>();
+        std::thread::Builder::new()
+            .name("bgp-fib".into())
+            .spawn(move || {
+                let mut fib = match FibInstaller::new(RTPROT_TABBY_BGP, 254) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = left_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = left_tx.send(Ok(fib.leftovers()));
+                let Ok(mut rx) = sub_rx.blocking_recv() else {
+                    return;
+                };
+                while let Some(ev) = rx.blocking_recv() {
+                    let res = match ev {
+                        RibEvent::Routes(changes) => fib.apply(&changes).map(|_| ()),
+                        RibEvent::Synced => fib.sweep_leftovers().map(|_| ()),
+                    };
+                    if let Err(e) = res {
+                        error!(error = %e, "installing BGP routes");
+                    }
+                }
+            })
+            .map_err(|e| BgpError::Fib(e.to_string()))?;
+        let leftovers = left_rx
+            .await
+            .map_err(|_| BgpError::Fib("installer thread ended".into()))?
+            .map_err(BgpError::Fib)?;
+
+        let mut cfg = Config::new(router_id, asn);
+        cfg.listen = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
+        cfg.graceful_restart.restarting = leftovers > 0;
+        cfg.announce = intent.announce.clone();
+        cfg.peers = mesh_peers(&intent.mesh, asn, port);
+        let handle = Speaker::start(cfg)
+            .await
+            .map_err(|e| BgpError::Speaker(e.to_string()))?;
+        let rx = handle
+            .subscribe_routes()
+            .map_err(|e| BgpError::Speaker(e.to_string()))?;
+        sub_tx
+            .send(rx)
+            .map_err(|_| BgpError::Fib("installer thread ended".into()))?;
+        info!(%router_id, asn, port, restarting = leftovers > 0, leftovers, "BGP speaker started");
+        Ok(Bgp {
+            handle,
+            asn,
+            applied: intent.clone(),
+        })
+    }
+
+    /// Brings peers and announcements to `intent` (no-op when unchanged).
+    pub async fn apply(&mut self, intent: &BgpIntent, port: u16) {
+        if intent.announce != self.applied.announce {
+            match self.handle.set_announced(intent.announce.clone()) {
+                Ok(()) => info!(announce = ?intent.announce, "BGP announcements"),
+                Err(e) => {
+                    warn!(error = %e, "setting BGP announcements");
+                    return;
+                }
+            }
+        }
+        if intent.mesh != self.applied.mesh {
+            match self
+                .handle
+                .set_peers(mesh_peers(&intent.mesh, self.asn, port))
+                .await
+            {
+                Ok(()) => info!(peers = ?intent.mesh, "BGP full mesh"),
+                Err(e) => {
+                    warn!(error = %e, "setting BGP peers");
+                    return;
+                }
+            }
+        }
+        self.applied = intent.clone();
+    }
+
+    /// Stops without a NOTIFICATION, so peers keep our routes (graceful
+    /// restart) while the agent is away.
+    pub async fn stop(&self) {
+        let _ = self.handle.shutdown(true).await;
+    }
+
+    /// Operational state as JSON, for tools.
+    pub async fn status_json(&self) -> Option<serde_json::Value> {
+        let s = self.handle.status().await.ok()?;
+        serde_json::to_value(&s).ok()
+    }
+}
