@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use agentkit::{AGENT, serve, tcp_probe};
+use agentkit::{first_ip, serve, spawn_agent, tcp_probe, wait_ready};
 use serde_json::json;
 use tabby_tests::{Netns, require_tool, run_plugin, scratch, wait_for, workspace_bin};
 
@@ -45,34 +45,8 @@ impl Node {
     }
 
     fn start(&mut self) {
-        let d = self.dir.path();
-        let args = vec![
-            format!("--datastore=dir:{}", d.join("manifests").display()),
-            format!("--node-name={}", self.name),
-            format!("--run-dir={}", d.join("run").display()),
-            format!("--data-dir={}", d.join("data").display()),
-            "--metrics-addr=127.0.0.1:9099".to_string(),
-        ];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("agent.log"))
-            .unwrap();
-        self.agent = Some(self.ns.run(|| {
-            Command::new(AGENT)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap()
-        }));
-        wait_for("agent ready", Duration::from_secs(60), || {
-            matches!(
-                tabby_tests::http_get(&self.ns, "127.0.0.1:9099".parse().unwrap(), "/readyz"),
-                Some((200, _))
-            )
-        });
+        self.agent = Some(spawn_agent(&self.ns, self.dir.path(), &self.name));
+        wait_ready(&self.ns);
     }
 
     fn stop(&mut self) {
@@ -116,15 +90,7 @@ impl Node {
             out = Some(r);
             ok
         });
-        let v: serde_json::Value = serde_json::from_str(&out.unwrap().stdout).unwrap();
-        let ip = v["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let ip = first_ip(&out.unwrap().stdout);
         serve(&pod);
         (pod, ip)
     }

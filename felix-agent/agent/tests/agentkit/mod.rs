@@ -69,37 +69,12 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self) {
-        let args = [
-            "--datastore".to_string(),
-            format!("dir:{}", self.manifests().display()),
-            "--node-name".into(),
-            "node1".into(),
-            "--run-dir".into(),
-            self.run_dir().display().to_string(),
-            "--data-dir".into(),
-            self.data_dir().display().to_string(),
-            "--metrics-addr".into(),
-            METRICS.into(),
-        ];
-        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
-        let child = self.node.run(|| {
-            Command::new(AGENT)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap()
-        });
-        self.agent = Some(child);
+        self.agent = Some(spawn_agent(&self.node, self.dir.path(), "node1"));
         self.wait_ready();
     }
 
     pub fn wait_ready(&self) {
-        let addr: SocketAddr = METRICS.parse().unwrap();
-        wait_for("agent /readyz", Duration::from_secs(60), || {
-            matches!(http_get(&self.node, addr, "/readyz"), Some((200, _)))
-        });
+        wait_ready(&self.node);
     }
 
     /// SIGTERM, as a DaemonSet rollout would do.
@@ -199,6 +174,53 @@ impl Cluster {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
     }
+}
+
+/// Starts `tabby-agent` in `ns` on the manifests under `base/manifests`
+/// (run and data dirs under `base` too), logging to `base/agent.log`.
+pub fn spawn_agent(ns: &Netns, base: &Path, node_name: &str) -> Child {
+    let args = [
+        format!("--datastore=dir:{}", base.join("manifests").display()),
+        format!("--node-name={node_name}"),
+        format!("--run-dir={}", base.join("run").display()),
+        format!("--data-dir={}", base.join("data").display()),
+        format!("--metrics-addr={METRICS}"),
+    ];
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(base.join("agent.log"))
+        .unwrap();
+    ns.run(|| {
+        Command::new(AGENT)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    })
+}
+
+/// Waits until the agent in `ns` reports ready.
+pub fn wait_ready(ns: &Netns) {
+    let addr: SocketAddr = METRICS.parse().unwrap();
+    wait_for("agent /readyz", Duration::from_secs(60), || {
+        matches!(http_get(ns, addr, "/readyz"), Some((200, _)))
+    });
+}
+
+/// The first address of a CNI result.
+pub fn first_ip(result: &str) -> IpAddr {
+    let v: serde_json::Value = serde_json::from_str(result).unwrap();
+    v["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 impl Drop for Cluster {
