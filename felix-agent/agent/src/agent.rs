@@ -94,6 +94,11 @@ fn key_of(pod: &Pod) -> PodKey {
     )
 }
 
+/// The span of one object's changes, keyed by its reference.
+fn object_span(r: &ObjectRef) -> tracing::Span {
+    info_span!("object", kind = ?r.kind, namespace = r.namespace.as_deref().unwrap_or(""), name = %r.name)
+}
+
 /// A node's InternalIP (IPv4 preferred), the address BGP peers with.
 fn node_address(node: &Node) -> Option<IpAddr> {
     let addrs = node.status.as_ref()?.addresses.as_ref()?;
@@ -288,11 +293,15 @@ impl Agent {
             }
             Event::Apply(o) => {
                 let r = o.reference();
-                debug!(kind = ?r.kind, namespace = ?r.namespace, name = %r.name, "apply");
+                let span = object_span(&r);
+                let _e = span.enter();
+                debug!("apply");
                 self.apply(o);
             }
             Event::Delete(r) => {
-                debug!(kind = ?r.kind, namespace = ?r.namespace, name = %r.name, "delete");
+                let span = object_span(&r);
+                let _e = span.enter();
+                debug!("delete");
                 self.forget(&r);
             }
         }
