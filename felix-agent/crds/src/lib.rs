@@ -1,0 +1,117 @@
+//! tabby's custom resources, group `tabby.dev`, version `v1alpha1`, all
+//! cluster-scoped. The CRD manifests in `manifests/crds.yaml` are generated
+//! from these types (`TABBY_UPDATE_CRDS=1 cargo test -p tabby-crds`), and a
+//! test fails when they drift apart.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The AS every node uses unless a BGPConfiguration says otherwise.
+pub const DEFAULT_AS_NUMBER: u32 = 64512;
+
+fn default_as_number() -> u32 {
+    DEFAULT_AS_NUMBER
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An IPv4 or IPv6 address (the API server checks the shape, the agent the value).
+const IP_PATTERN: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$";
+/// An IPv4 or IPv6 CIDR.
+const CIDR_PATTERN: &str =
+    r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*/[0-9]{1,3})$";
+
+/// Cluster-wide BGP settings; the one named `default` applies.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "tabby.dev",
+    version = "v1alpha1",
+    kind = "BGPConfiguration",
+    plural = "bgpconfigurations",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPConfigurationSpec {
+    /// The AS of every node (4-octet AS numbers are fine).
+    #[serde(default = "default_as_number")]
+    #[schemars(range(min = 1, max = 4294967295_u32))]
+    pub as_number: u32,
+    /// Whether nodes peer with each other in a full mesh.
+    #[serde(default = "yes")]
+    pub node_to_node_mesh: bool,
+}
+
+/// A BGP peer outside the node mesh: a top-of-rack router or a route reflector.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "tabby.dev",
+    version = "v1alpha1",
+    kind = "BGPPeer",
+    plural = "bgppeers",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPPeerSpec {
+    /// The peer's address.
+    #[serde(rename = "peerIP")]
+    #[schemars(regex(pattern = IP_PATTERN))]
+    pub peer_ip: String,
+    /// The peer's AS.
+    #[schemars(range(min = 1, max = 4294967295_u32))]
+    pub as_number: u32,
+    /// Only this node peers (default: every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// TCP MD5 password (RFC 2385).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The peer is a route reflector client of the nodes.
+    #[serde(default)]
+    pub route_reflector_client: bool,
+}
+
+/// A pool of pod addresses, cut into per-node blocks.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "tabby.dev",
+    version = "v1alpha1",
+    kind = "IPPool",
+    plural = "ippools",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IPPoolSpec {
+    /// The pool.
+    #[schemars(regex(pattern = CIDR_PATTERN))]
+    pub cidr: String,
+    /// Prefix length of the blocks handed to nodes (default: 26 for IPv4, 122 for IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 128))]
+    pub block_size: Option<u8>,
+    /// No new blocks are cut from a disabled pool.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// Every CRD, in the order of `manifests/crds.yaml`.
+pub fn all()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![BGPConfiguration::crd(), BGPPeer::crd(), IPPool::crd()]
+}
+
+/// `manifests/crds.yaml` as it must read.
+pub fn render() -> Result<String, serde_yaml::Error> {
+    let mut out = String::from(
+        "# Generated from felix-agent/crds (TABBY_UPDATE_CRDS=1 cargo test -p tabby-crds); do not edit.\n",
+    );
+    for crd in all() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,54 @@
+//! The CRD manifests in the repository are exactly what the types generate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds.yaml")
+}
+
+#[test]
+fn crds_yaml_matches_the_types() {
+    let want = tabby_crds::render().unwrap();
+    if std::env::var_os("TABBY_UPDATE_CRDS").is_some() {
+        std::fs::write(manifest(), &want).unwrap();
+    }
+    let have = std::fs::read_to_string(manifest()).unwrap_or_default();
+    assert!(
+        have == want,
+        "manifests/crds.yaml differs from the Rust types: run `TABBY_UPDATE_CRDS=1 cargo test -p tabby-crds`"
+    );
+}
+
+#[test]
+fn examples_parse_with_defaults_and_unknown_fields_are_refused() {
+    let c: tabby_crds::BGPConfiguration =
+        serde_yaml::from_str("apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {}\n").unwrap();
+    assert_eq!(c.spec.as_number, 64512);
+    assert!(c.spec.node_to_node_mesh);
+    let p: tabby_crds::BGPPeer = serde_yaml::from_str(
+        "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 192.168.0.254, asNumber: 65000, routeReflectorClient: true}\n",
+    )
+    .unwrap();
+    assert_eq!(p.spec.peer_ip, "192.168.0.254");
+    assert!(p.spec.route_reflector_client);
+    assert!(p.spec.node.is_none());
+    let bad = serde_yaml::from_str::<tabby_crds::BGPPeer>(
+        "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 1.2.3.4, asNumber: 1, colour: red}\n",
+    );
+    assert!(bad.is_err());
+}
+
+#[test]
+fn schemas_carry_validation() {
+    let yaml = tabby_crds::render().unwrap();
+    assert!(yaml.contains("pattern:"), "IP/CIDR patterns");
+    assert!(yaml.contains("maximum: 4294967295"), "AS number range");
+    assert!(yaml.contains("scope: Cluster"));
+    // Every document is a valid CustomResourceDefinition.
+    for doc in yaml.split("\n---\n").skip(1) {
+        let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+            serde_yaml::from_str(doc).unwrap();
+        assert_eq!(crd.spec.group, "tabby.dev");
+    }
+}
