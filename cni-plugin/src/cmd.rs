@@ -361,10 +361,17 @@ pub fn status(env: &Env, conf: &NetConf) -> CniResult<()> {
 /// GC: release addresses and records of attachments the runtime no longer
 /// has, and remove their interfaces.
 pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
-    let valid: HashSet<AttachmentKey> = conf
-        .valid_attachments
+    // Without the list, "everything not listed" would be every pod on the
+    // node: refuse rather than guess.
+    let Some(listed) = &conf.valid_attachments else {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            "GC needs cni.dev/valid-attachments",
+            "the runtime must list the attachments that are still valid",
+        ));
+    };
+    let valid: HashSet<AttachmentKey> = listed
         .iter()
-        .flatten()
         .map(|a| AttachmentKey::new(a.container_id.clone(), a.ifname.clone()))
         .collect();
     let store = EndpointStore::new(&conf.run_dir);
