@@ -17,7 +17,7 @@ use crate::config::{Env, LATEST_VERSION, NetConf, SUPPORTED_VERSIONS};
 use crate::error::{CniError, CniResult, Code};
 use crate::ipam;
 use crate::result::{CniOutput, Interface, IpConfig, Route};
-use crate::wiring::{self, Expected, WireRequest};
+use crate::wiring::{self, Attachment};
 
 /// DEL only informs the agent; it never waits long for it.
 const AGENT_DEL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -99,13 +99,13 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         wiring::add(
             &mut host,
             &host_ns,
-            &WireRequest {
+            &Attachment {
                 netns: &pod_ns,
                 ifname: &env.ifname,
                 host_name: &host_name,
                 ips: &alloc.ips,
-                mtu,
             },
+            mtu,
         )
     }) {
         Ok(w) => w,
@@ -310,7 +310,7 @@ pub fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
     let host_name = host_veth_name(env.pod(), &env.container_id, &env.ifname);
     wiring::check(
         &mut host,
-        &Expected {
+        &Attachment {
             netns: &pod_ns,
             ifname: &env.ifname,
             host_name: &host_name,

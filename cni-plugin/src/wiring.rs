@@ -22,9 +22,9 @@ use crate::error::{CniError, CniResult, Code};
 /// `rtm_protocol` "static", for the routes inside the pod.
 const RTPROT_STATIC: u8 = 4;
 
-/// What ADD needs to wire one pod interface.
+/// One pod interface: what ADD wires and CHECK verifies.
 #[derive(Debug)]
-pub struct WireRequest<'a> {
+pub struct Attachment<'a> {
     /// The pod's namespace.
     pub netns: &'a NetNs,
     /// `CNI_IFNAME`.
@@ -33,8 +33,6 @@ pub struct WireRequest<'a> {
     pub host_name: &'a str,
     /// The pod's addresses (host prefixes).
     pub ips: &'a [IpNet],
-    /// MTU of both ends.
-    pub mtu: u32,
 }
 
 /// What ADD made.
@@ -128,13 +126,18 @@ pub fn remove_orphan_host_end(host: &mut Netlink, name: &str) -> CniResult<()> {
 }
 
 /// Wires the pod. On failure, everything made so far is removed again.
-pub fn add(host: &mut Netlink, host_ns: &NetNs, req: &WireRequest<'_>) -> CniResult<Wired> {
+pub fn add(
+    host: &mut Netlink,
+    host_ns: &NetNs,
+    req: &Attachment<'_>,
+    mtu: u32,
+) -> CniResult<Wired> {
     let v4 = req.ips.iter().any(|i| i.addr().is_ipv4());
     let v6 = req.ips.iter().any(|i| i.addr().is_ipv6());
-    if v6 && req.mtu < 1280 {
+    if v6 && mtu < 1280 {
         return Err(CniError::new(
             Code::InvalidConfig,
-            format!("mtu {} is below the IPv6 minimum of 1280", req.mtu),
+            format!("mtu {} is below the IPv6 minimum of 1280", mtu),
             "",
         ));
     }
@@ -176,7 +179,7 @@ pub fn add(host: &mut Netlink, host_ns: &NetNs, req: &WireRequest<'_>) -> CniRes
             peer_name: req.host_name,
             peer_netns_fd: host_ns.raw_fd(),
             peer_mac: Some(HOST_VETH_MAC),
-            mtu: req.mtu,
+            mtu,
         })?;
         let link = pod
             .link_by_name(req.ifname)?
@@ -230,7 +233,7 @@ pub fn add(host: &mut Netlink, host_ns: &NetNs, req: &WireRequest<'_>) -> CniRes
     }
 }
 
-fn host_side(host: &mut Netlink, req: &WireRequest<'_>, v4: bool, v6: bool) -> CniResult<u32> {
+fn host_side(host: &mut Netlink, req: &Attachment<'_>, v4: bool, v6: bool) -> CniResult<u32> {
     let link = host
         .link_by_name(req.host_name)?
         .ok_or_else(|| kernel("host end of the veth is missing", req.host_name))?;
@@ -306,25 +309,12 @@ pub fn del(
     Ok(())
 }
 
-/// What CHECK expects to find.
-#[derive(Debug)]
-pub struct Expected<'a> {
-    /// The pod's namespace.
-    pub netns: &'a NetNs,
-    /// `CNI_IFNAME`.
-    pub ifname: &'a str,
-    /// The host end's name.
-    pub host_name: &'a str,
-    /// The addresses from prevResult.
-    pub ips: &'a [IpNet],
-}
-
 fn check_failed(msg: String) -> CniError {
     CniError::new(Code::CheckFailed, msg, "")
 }
 
 /// Verifies that the pod is wired as ADD left it.
-pub fn check(host: &mut Netlink, exp: &Expected<'_>) -> CniResult<()> {
+pub fn check(host: &mut Netlink, exp: &Attachment<'_>) -> CniResult<()> {
     let v4 = exp.ips.iter().any(|i| i.addr().is_ipv4());
     let v6 = exp.ips.iter().any(|i| i.addr().is_ipv6());
     let guard = exp
