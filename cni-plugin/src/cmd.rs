@@ -412,6 +412,10 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
     let report = ipam::gc(conf, env, &valid)?;
     for (k, ip) in &report.released {
         info!(container_id = %k.container_id, ifname = %k.ifname, %ip, "GC released an address");
+        // An ADD killed while writing its record leaves only a temporary file.
+        if let Err(e) = store.remove(&k.container_id, &k.ifname) {
+            errors.push(format!("{}/{}: {e}", k.container_id, k.ifname));
+        }
     }
     for name in report.host_ifaces.iter().filter(|n| !in_use.contains(*n)) {
         if let Err(e) = wiring::remove_orphan_host_end(&mut host, name) {

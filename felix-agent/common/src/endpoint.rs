@@ -120,8 +120,18 @@ impl EndpointStore {
     }
 
     /// Removes one record; a record already gone is success.
+    /// Also removes the temporary file a writer killed mid-write left for
+    /// this attachment.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), EndpointError> {
         let path = self.path_of(container_id, ifname);
+        let tmp_prefix = format!(".{container_id}_{ifname}.tmp.");
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(EndpointError::Io { path, source: e })
@@ -212,8 +222,11 @@ mod tests {
         store.write(&rec("b")).unwrap();
         assert_eq!(store.read("a", "eth0").unwrap(), Some(rec("a")));
         assert_eq!(store.list().unwrap().len(), 2);
+        // A writer killed between creating its temporary file and the rename.
+        std::fs::write(store.dir().join(".a_eth0.tmp.4242"), b"{partial").unwrap();
         store.remove("a", "eth0").unwrap();
         store.remove("a", "eth0").unwrap();
+        assert!(!store.dir().join(".a_eth0.tmp.4242").exists());
         assert_eq!(store.read("a", "eth0").unwrap(), None);
         assert_eq!(store.list().unwrap().len(), 1);
     }
