@@ -179,6 +179,10 @@ pub struct PeerConfig {
     /// cannot use it and resets the session.
     #[serde(default)]
     pub link_local_next_hop: bool,
+    /// Send this peer only our own prefixes, never routes learned from
+    /// other peers (a node towards an upstream router).
+    #[serde(default)]
+    pub export_local_only: bool,
 }
 
 impl PeerConfig {
@@ -196,6 +200,7 @@ impl PeerConfig {
             local_address: None,
             families: default_families(),
             link_local_next_hop: false,
+            export_local_only: false,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct PeerInfo {
     pub rr_client: bool,
     /// Always advertise ourselves as next hop, also to iBGP.
     pub next_hop_self: bool,
+    /// Export only locally originated routes to this peer.
+    pub export_local_only: bool,
     /// Our IPv4 address on this session (next hop for IPv4 routes).
     pub local_v4: Option<Ipv4Addr>,
     /// Our IPv6 address for this session (next hop for IPv6 routes).
@@ -201,6 +203,7 @@ fn local_info() -> PeerInfo {
         router_id: Ipv4Addr::UNSPECIFIED,
         rr_client: false,
         next_hop_self: false,
+        export_local_only: false,
         local_v4: None,
         local_v6: None,
         local_link_local: None,
@@ -704,6 +707,9 @@ impl Rib {
         }
         let src = self.peers.get(&best.peer)?;
         let local = best.peer == LOCAL;
+        if info.export_local_only && !local {
+            return None;
+        }
         let to_ebgp = info.asn != self.cfg.local_as;
         let from_ibgp = !local && src.asn == self.cfg.local_as;
         let reflect = from_ibgp && !to_ebgp;

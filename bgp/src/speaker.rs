@@ -986,6 +986,7 @@ impl Core {
                     router_id: neg.peer_id,
                     rr_client: cfg.rr_client,
                     next_hop_self: cfg.next_hop_self,
+                    export_local_only: cfg.export_local_only,
                     local_v4: match local_ip {
                         Some(IpAddr::V4(a)) => Some(a),
                         _ => None,

@@ -23,6 +23,7 @@ fn peer(n: u8, asn: u32, rr_client: bool) -> PeerInfo {
         router_id: Ipv4Addr::new(10, 0, 0, n),
         rr_client,
         next_hop_self: false,
+        export_local_only: false,
         local_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
         local_v6: Some("2001:db8::1".parse().unwrap()),
         local_link_local: Some("fe80::1".parse().unwrap()),
@@ -693,4 +694,23 @@ fn an_enhanced_route_refresh_sweeps_what_the_peer_did_not_send_again() {
             next_hops: vec![]
         }]
     );
+}
+
+#[test]
+fn a_local_only_peer_gets_our_prefixes_but_nothing_learned() {
+    let mut rib = rib();
+    rib.peer_up(1, peer(2, 65002, false));
+    rib.peer_up(
+        2,
+        PeerInfo {
+            export_local_only: true,
+            ..peer(3, 65003, false)
+        },
+    );
+    rib.take_exports();
+    announce(&mut rib, 1, "10.9.0.0/24", [192, 0, 2, 2], path(&[65002]));
+    rib.announce_local(net("10.1.0.0/26"));
+    let (ann, _) = exports_to(&mut rib, 2);
+    let prefixes: Vec<IpNet> = ann.iter().map(|a| a.0).collect();
+    assert_eq!(prefixes, vec![net("10.1.0.0/26")]);
 }

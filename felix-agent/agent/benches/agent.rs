@@ -149,6 +149,8 @@ fn main() {
         let t = Instant::now();
         agent.handle_event(Event::Reset(Kind::Namespace, namespaces));
         agent.handle_event(Event::Reset(Kind::Node, vec![]));
+        agent.handle_event(Event::Reset(Kind::BgpConfiguration, vec![]));
+        agent.handle_event(Event::Reset(Kind::BgpPeer, vec![]));
         agent.handle_event(Event::Reset(Kind::Pod, Vec::new()));
         for p in pods {
             agent.handle_event(Event::Apply(p));

@@ -15,11 +15,13 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodIP};
 use tabby_common::agent::{AgentRequest, AgentResponse};
 use tabby_common::endpoint::{EndpointRecord, EndpointStore};
 use tabby_common::ipam::{blocks_path, read_blocks, write_blocks};
+use tabby_crds::{BGPConfigurationSpec, BGPPeerSpec};
 use tabby_policy::{EndpointPolicy, PodKey, PolicyIndex};
 use tabby_sys::Netlink;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn};
 
+use crate::bgp::{BgpIntent, PeerIntent};
 use crate::datastore::{Event, Kind, Object, ObjectRef};
 use crate::metrics::Metrics;
 use crate::nft::{self, Compiled, EndpointState};
@@ -36,7 +38,7 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// BGP: the port of the full mesh, or None to run without BGP.
     pub bgp_port: Option<u16>,
-    /// BGP: this node's AS.
+    /// BGP: this node's AS when no BGPConfiguration sets one.
     pub asn: u32,
 }
 
@@ -62,6 +64,13 @@ pub struct Agent {
     blocks: Vec<IpNet>,
     /// Every node's address (InternalIP), for the BGP full mesh.
     nodes: BTreeMap<String, Option<IpAddr>>,
+    /// The BGPConfiguration named `default`, if any.
+    bgp_config: Option<BGPConfigurationSpec>,
+    /// BGPPeer objects by name.
+    bgp_peers: BTreeMap<String, BGPPeerSpec>,
+    /// The last datastore barrier delivered, and the last one programmed.
+    barrier_seen: Option<u64>,
+    barrier_done: Option<u64>,
     netlink: Option<Netlink>,
     metrics: Arc<Metrics>,
 }
@@ -151,6 +160,10 @@ impl Agent {
             resets: BTreeSet::new(),
             blocks,
             nodes: BTreeMap::new(),
+            bgp_config: None,
+            bgp_peers: BTreeMap::new(),
+            barrier_seen: None,
+            barrier_done: None,
             netlink: None,
             metrics,
         }
@@ -158,7 +171,12 @@ impl Agent {
 
     /// True once every kind was listed and the result programmed.
     pub fn ready(&self) -> bool {
-        self.resets.len() == 4 && self.programmed.is_some()
+        self.synced() && self.programmed.is_some()
+    }
+
+    /// True once every kind was listed at least once.
+    pub fn synced(&self) -> bool {
+        self.resets.len() == Kind::ALL.len()
     }
 
     /// The Pod as the index should see it: for local endpoints, the
@@ -245,6 +263,15 @@ impl Agent {
                 let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
                 self.nodes.retain(|n, _| keep.contains(n));
             }
+            Kind::BgpConfiguration => {
+                if !keep.iter().any(|r| r.name == "default") {
+                    self.bgp_config = None;
+                }
+            }
+            Kind::BgpPeer => {
+                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
+                self.bgp_peers.retain(|n, _| keep.contains(n));
+            }
         }
     }
 
@@ -270,6 +297,19 @@ impl Agent {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 self.nodes.insert(name, node_address(&n));
                 self.node_changed(&n);
+            }
+            Object::BgpConfiguration(c) => {
+                // Only `default` applies, as with Calico; others are
+                // reserved (per-node overrides) and ignored.
+                if c.metadata.name.as_deref() == Some("default") {
+                    self.bgp_config = Some(c.spec);
+                } else {
+                    debug!("ignoring a BGPConfiguration not named `default`");
+                }
+            }
+            Object::BgpPeer(p) => {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                self.bgp_peers.insert(name, p.spec);
             }
         }
     }
@@ -304,8 +344,30 @@ impl Agent {
                 debug!("delete");
                 self.forget(&r);
             }
+            Event::Barrier(n) => self.barrier_seen = Some(n),
         }
         self.update_metrics();
+    }
+
+    /// Marks the last barrier seen as done: call after programming
+    /// succeeded for everything delivered before it.
+    fn barrier_reached(&mut self) {
+        if self.ready() {
+            self.barrier_done = self.barrier_seen;
+        }
+    }
+
+    /// What `/status` and `<run-dir>/status.json` say: readiness, the last
+    /// barrier done, and BGP's state (`bgp`, from the speaker).
+    pub fn status(&self, bgp: Option<&serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({
+            "node": self.cfg.node_name,
+            "ready": self.ready(),
+            "barrier": self.barrier_done,
+            "endpoints": self.endpoints.len(),
+            "blocks": self.blocks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "bgp": bgp,
+        })
     }
 
     fn forget(&mut self, r: &ObjectRef) {
@@ -323,27 +385,83 @@ impl Agent {
             Kind::Node => {
                 self.nodes.remove(&r.name);
             }
+            Kind::BgpConfiguration => {
+                if r.name == "default" {
+                    self.bgp_config = None;
+                }
+            }
+            Kind::BgpPeer => {
+                self.bgp_peers.remove(&r.name);
+            }
         }
     }
 
     /// What BGP should do now: (router ID, intent), or None while this
-    /// node's IPv4 address is unknown.
-    pub fn bgp_intent(&self) -> Option<(std::net::Ipv4Addr, crate::bgp::BgpIntent)> {
+    /// node's IPv4 address is unknown. `port` is the mesh's port.
+    pub fn bgp_intent(&self, port: u16) -> Option<(std::net::Ipv4Addr, BgpIntent)> {
         let router_id = match self.nodes.get(&self.cfg.node_name)? {
             Some(IpAddr::V4(ip)) => *ip,
             _ => return None,
         };
-        let mesh: Vec<IpAddr> = self
-            .nodes
-            .iter()
-            .filter(|(name, _)| **name != self.cfg.node_name)
-            .filter_map(|(_, ip)| *ip)
-            .collect();
+        let asn = self
+            .bgp_config
+            .as_ref()
+            .map_or(self.cfg.asn, |c| c.as_number);
+        let mesh_on = self.bgp_config.as_ref().is_none_or(|c| c.node_to_node_mesh);
+        let mut peers: BTreeMap<IpAddr, PeerIntent> = BTreeMap::new();
+        if mesh_on {
+            for (name, ip) in &self.nodes {
+                if let Some(ip) = ip
+                    && *name != self.cfg.node_name
+                {
+                    peers.insert(
+                        *ip,
+                        PeerIntent {
+                            address: *ip,
+                            asn,
+                            port,
+                            password: None,
+                            rr_client: false,
+                            mesh: true,
+                        },
+                    );
+                }
+            }
+        }
+        for (name, p) in &self.bgp_peers {
+            if p.node.as_ref().is_some_and(|n| *n != self.cfg.node_name) {
+                continue;
+            }
+            let address: IpAddr = match p.peer_ip.parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    warn!(peer = %name, peer_ip = %p.peer_ip, "ignoring a BGPPeer with an invalid peerIP");
+                    continue;
+                }
+            };
+            if self.nodes.get(&self.cfg.node_name) == Some(&Some(address)) {
+                continue;
+            }
+            // An explicit peer wins over the mesh entry for the same
+            // address (say, a node that is also a route reflector).
+            peers.insert(
+                address,
+                PeerIntent {
+                    address,
+                    asn: p.as_number,
+                    port: 179,
+                    password: p.password.clone().filter(|s| !s.is_empty()),
+                    rr_client: p.route_reflector_client,
+                    mesh: false,
+                },
+            );
+        }
         Some((
             router_id,
-            crate::bgp::BgpIntent {
+            BgpIntent {
+                asn,
                 announce: self.blocks.clone(),
-                mesh,
+                peers: peers.into_values().collect(),
             },
         ))
     }
@@ -473,7 +591,7 @@ impl Agent {
     /// Programs the dataplane: the difference from what is in the kernel, or
     /// the whole table when that is unknown or the difference fails.
     pub fn program(&mut self) -> Result<(), String> {
-        if self.resets.len() < 4 {
+        if !self.synced() {
             // Before the first full sync the index is partial: programming
             // now would cut off pods that a restarted agent's previous
             // table still serves correctly.
@@ -584,6 +702,29 @@ impl Agent {
     }
 }
 
+/// Publishes the agent's status (HTTP `/status` and `<run-dir>/status.json`,
+/// replaced atomically) when it changed.
+fn write_status(
+    agent: &Agent,
+    bgp: &Option<serde_json::Value>,
+    last: &mut Option<serde_json::Value>,
+) {
+    let status = agent.status(bgp.as_ref());
+    if last.as_ref() == Some(&status) {
+        return;
+    }
+    let text = status.to_string();
+    agent.metrics.set_status(text.clone());
+    let path = agent.cfg.run_dir.join("status.json");
+    let tmp = agent.cfg.run_dir.join(".status.json.tmp");
+    let written = std::fs::write(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        warn!(path = %path.display(), error = %e, "cannot write the status file");
+        return;
+    }
+    *last = Some(status);
+}
+
 /// Runs the agent until `events` closes or `shutdown` fires. The dataplane
 /// is left in place on exit so pods keep working while the agent restarts.
 pub async fn run(
@@ -597,19 +738,32 @@ pub async fn run(
     let mut ticks: u64 = 0;
     let mut pending_program = false;
     let mut bgp: Option<crate::bgp::Bgp> = None;
+    let mut last_bgp: Option<serde_json::Value> = None;
+    let mut last_status: Option<serde_json::Value> = None;
     loop {
         if let Some(port) = agent.cfg.bgp_port
-            && agent.resets.len() == 4
-            && let Some((router_id, intent)) = agent.bgp_intent()
+            && agent.synced()
+            && let Some((router_id, intent)) = agent.bgp_intent(port)
         {
+            if let Some(b) = bgp.as_ref()
+                && b.asn() != intent.asn
+            {
+                info!(
+                    from = b.asn(),
+                    to = intent.asn,
+                    "the AS changed; restarting BGP"
+                );
+                b.stop_hard().await;
+                bgp = None;
+            }
             if bgp.is_none() {
-                match crate::bgp::Bgp::start(router_id, agent.cfg.asn, port, &intent).await {
+                match crate::bgp::Bgp::start(router_id, port, &intent).await {
                     Ok(b) => bgp = Some(b),
                     Err(e) => error!(error = %e, "cannot start BGP"),
                 }
             }
             if let Some(b) = bgp.as_mut() {
-                b.apply(&intent, port).await;
+                b.apply(&intent).await;
             }
         }
         tokio::select! {
@@ -620,12 +774,16 @@ pub async fn run(
                 while let Ok(ev) = events.try_recv() {
                     agent.handle_event(ev);
                 }
-                if agent.resets.len() == 4 {
-                    tokio::task::block_in_place(|| { let _ = agent.program(); });
-                    pending_program = false;
+                if agent.synced() {
+                    let programmed = tokio::task::block_in_place(|| agent.program());
+                    pending_program = programmed.is_err();
+                    if programmed.is_ok() {
+                        agent.barrier_reached();
+                    }
                 } else {
                     pending_program = true;
                 }
+                write_status(&agent, &last_bgp, &mut last_status);
             }
             req = requests.recv() => {
                 let Some((req, reply)) = req else { continue };
@@ -636,9 +794,11 @@ pub async fn run(
                 ticks += 1;
                 tokio::task::block_in_place(|| {
                     let changed = agent.sync_records();
-                    if (changed || pending_program) && agent.resets.len() == 4 {
-                        let _ = agent.program();
-                        pending_program = false;
+                    if (changed || pending_program) && agent.synced() {
+                        pending_program = agent.program().is_err();
+                        if !pending_program {
+                            agent.barrier_reached();
+                        }
                     }
                     if ticks.is_multiple_of(4) {
                         agent.check_tamper();
@@ -648,6 +808,10 @@ pub async fn run(
                     }
                 });
                 agent.update_metrics();
+                if let Some(b) = bgp.as_ref() {
+                    last_bgp = b.status_json().await;
+                }
+                write_status(&agent, &last_bgp, &mut last_status);
             }
             _ = shutdown.changed() => break,
         }
@@ -656,4 +820,188 @@ pub async fn run(
         b.stop().await;
     }
     info!("agent stopping; the dataplane and routes stay in place");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::datastore::dir::parse_manifests;
+
+    fn agent(node: &str) -> Agent {
+        let dir = std::env::temp_dir().join(format!("tabby-agent-unit-{}", std::process::id()));
+        Agent::new(
+            AgentConfig {
+                node_name: node.into(),
+                run_dir: dir.join("run"),
+                data_dir: dir.join("data"),
+                bgp_port: Some(1179),
+                asn: DEFAULT_TEST_ASN,
+            },
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    const DEFAULT_TEST_ASN: u32 = 64512;
+
+    fn feed(a: &mut Agent, yaml: &str) {
+        for o in parse_manifests(std::path::Path::new("t.yaml"), yaml).unwrap() {
+            a.handle_event(Event::Apply(o));
+        }
+    }
+
+    const NODES: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+status: {addresses: [{type: InternalIP, address: 10.0.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n3}
+status: {addresses: [{type: InternalIP, address: 10.0.0.3}]}
+"#;
+
+    fn peers(a: &Agent) -> Vec<(String, u32, bool, bool, Option<String>)> {
+        let (_, intent) = a.bgp_intent(1179).unwrap();
+        intent
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.address.to_string(),
+                    p.asn,
+                    p.mesh,
+                    p.rr_client,
+                    p.password.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_mesh_is_every_other_node_in_the_default_as() {
+        let mut a = agent("n1");
+        assert!(a.bgp_intent(179).is_none(), "no address for this node yet");
+        feed(&mut a, NODES);
+        let (rid, intent) = a.bgp_intent(1179).unwrap();
+        assert_eq!(rid.to_string(), "10.0.0.1");
+        assert_eq!(intent.asn, 64512);
+        assert!(intent.peers.iter().all(|p| p.port == 1179 && p.mesh));
+        assert_eq!(
+            peers(&a).iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.2", "10.0.0.3"]
+        );
+    }
+
+    #[test]
+    fn bgp_configuration_sets_the_as_and_can_turn_the_mesh_off() {
+        let mut a = agent("n1");
+        feed(&mut a, NODES);
+        feed(
+            &mut a,
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 65010}\n",
+        );
+        let (_, intent) = a.bgp_intent(1179).unwrap();
+        assert_eq!(intent.asn, 65010);
+        assert!(intent.peers.iter().all(|p| p.asn == 65010));
+        // Only `default` counts.
+        feed(
+            &mut a,
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: other}\nspec: {asNumber: 1}\n",
+        );
+        assert_eq!(a.bgp_intent(1179).unwrap().1.asn, 65010);
+        feed(
+            &mut a,
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMesh: false}\n",
+        );
+        let (_, intent) = a.bgp_intent(1179).unwrap();
+        assert_eq!(intent.asn, 64512, "asNumber defaults to 64512");
+        assert!(intent.peers.is_empty());
+        // Deleting it restores the defaults.
+        a.handle_event(Event::Prune(Kind::BgpConfiguration, vec![]));
+        assert_eq!(peers(&a).len(), 2);
+    }
+
+    #[test]
+    fn bgp_peers_apply_to_their_node_and_win_over_the_mesh() {
+        let mut a = agent("n1");
+        feed(&mut a, NODES);
+        feed(
+            &mut a,
+            r#"
+apiVersion: tabby.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 10.0.0.254, asNumber: 65000, password: s3cret}
+---
+apiVersion: tabby.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: only-n2}
+spec: {peerIP: 10.0.0.253, asNumber: 65000, node: n2}
+---
+apiVersion: tabby.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: rr-n3}
+spec: {peerIP: 10.0.0.3, asNumber: 64512, routeReflectorClient: true}
+---
+apiVersion: tabby.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: self}
+spec: {peerIP: 10.0.0.1, asNumber: 64512}
+---
+apiVersion: tabby.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: broken}
+spec: {peerIP: "10.0.0.300", asNumber: 65000}
+"#,
+        );
+        assert_eq!(
+            peers(&a),
+            vec![
+                ("10.0.0.2".into(), 64512, true, false, None),
+                ("10.0.0.3".into(), 64512, false, true, None),
+                (
+                    "10.0.0.254".into(),
+                    65000,
+                    false,
+                    false,
+                    Some("s3cret".into())
+                ),
+            ]
+        );
+        let external = a
+            .bgp_intent(1179)
+            .unwrap()
+            .1
+            .peers
+            .into_iter()
+            .find(|p| !p.mesh && !p.rr_client)
+            .unwrap();
+        assert_eq!(
+            external.port, 179,
+            "external peers are on the standard port"
+        );
+        a.handle_event(Event::Delete(ObjectRef {
+            kind: Kind::BgpPeer,
+            namespace: None,
+            name: "tor".into(),
+        }));
+        assert_eq!(peers(&a).len(), 2);
+    }
+
+    #[test]
+    fn a_barrier_is_done_only_once_the_agent_is_ready() {
+        let mut a = agent("n1");
+        a.handle_event(Event::Barrier(3));
+        a.barrier_reached();
+        assert_eq!(a.status(None)["barrier"], serde_json::Value::Null);
+        assert_eq!(a.status(None)["ready"], false);
+    }
 }

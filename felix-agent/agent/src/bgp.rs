@@ -32,21 +32,48 @@ pub enum BgpError {
     Speaker(String),
 }
 
+/// One BGP neighbour the agent wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIntent {
+    /// The neighbour's address.
+    pub address: IpAddr,
+    /// Its AS.
+    pub asn: u32,
+    /// TCP port to connect to.
+    pub port: u16,
+    /// TCP MD5 password.
+    pub password: Option<String>,
+    /// A route reflector client of this node.
+    pub rr_client: bool,
+    /// Another node of the mesh (else an external peer from a BGPPeer).
+    pub mesh: bool,
+}
+
 /// What the agent wants BGP to do.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BgpIntent {
+    /// This node's AS.
+    pub asn: u32,
     /// Prefixes to announce (this node's blocks).
     pub announce: Vec<IpNet>,
-    /// Full-mesh peers: the other nodes' addresses.
-    pub mesh: Vec<IpAddr>,
+    /// Neighbours: the other nodes (full mesh) and external peers.
+    pub peers: Vec<PeerIntent>,
 }
 
-fn mesh_peers(mesh: &[IpAddr], asn: u32, port: u16) -> Vec<PeerConfig> {
-    mesh.iter()
-        .map(|ip| {
-            let mut p = PeerConfig::new(*ip, asn);
-            p.port = port;
-            p
+fn peer_configs(peers: &[PeerIntent]) -> Vec<PeerConfig> {
+    peers
+        .iter()
+        .map(|p| {
+            let mut c = PeerConfig::new(p.address, p.asn);
+            c.port = p.port;
+            c.password = p.password.clone();
+            c.rr_client = p.rr_client;
+            // Upstream routers get this node's blocks only: the other
+            // nodes announce their own, and a node must never become the
+            // path to another node's pods. Clients of a node acting as
+            // route reflector get the reflected routes, as they asked.
+            c.export_local_only = !p.mesh && !p.rr_client;
+            c
         })
         .collect()
 }
@@ -54,28 +81,25 @@ fn mesh_peers(mesh: &[IpAddr], asn: u32, port: u16) -> Vec<PeerConfig> {
 /// A running speaker and its route installer.
 pub struct Bgp {
     handle: SpeakerHandle,
-    asn: u32,
     applied: BgpIntent,
 }
 
 impl std::fmt::Debug for Bgp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bgp")
-            .field("asn", &self.asn)
             .field("applied", &self.applied)
             .finish_non_exhaustive()
     }
 }
 
 impl Bgp {
-    /// Starts the speaker with `router_id` (the node's IPv4 address) in
-    /// `asn`, listening on `port`, and the installer thread.
+    /// Starts the speaker with `router_id` (the node's IPv4 address),
+    /// listening on `port`, and the installer thread.
     /// Peers and announcements are part of the first configuration: a
     /// restarting speaker must know its peers before it decides it has
     /// re-converged and sweeps the routes it kept.
     pub async fn start(
         router_id: Ipv4Addr,
-        asn: u32,
         port: u16,
         intent: &BgpIntent,
     ) -> Result<Bgp, BgpError> {
@@ -113,11 +137,12 @@ impl Bgp {
             .map_err(|_| BgpError::Fib("installer thread ended".into()))?
             .map_err(BgpError::Fib)?;
 
+        let asn = intent.asn;
         let mut cfg = Config::new(router_id, asn);
         cfg.listen = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
         cfg.graceful_restart.restarting = leftovers > 0;
         cfg.announce = intent.announce.clone();
-        cfg.peers = mesh_peers(&intent.mesh, asn, port);
+        cfg.peers = peer_configs(&intent.peers);
         let handle = Speaker::start(cfg)
             .await
             .map_err(|e| BgpError::Speaker(e.to_string()))?;
@@ -130,13 +155,17 @@ impl Bgp {
         info!(%router_id, asn, port, restarting = leftovers > 0, leftovers, "BGP speaker started");
         Ok(Bgp {
             handle,
-            asn,
             applied: intent.clone(),
         })
     }
 
+    /// The AS the speaker runs in (changing it needs a new speaker).
+    pub fn asn(&self) -> u32 {
+        self.applied.asn
+    }
+
     /// Brings peers and announcements to `intent` (no-op when unchanged).
-    pub async fn apply(&mut self, intent: &BgpIntent, port: u16) {
+    pub async fn apply(&mut self, intent: &BgpIntent) {
         if intent.announce != self.applied.announce {
             match self.handle.set_announced(intent.announce.clone()) {
                 Ok(()) => info!(announce = ?intent.announce, "BGP announcements"),
@@ -146,13 +175,10 @@ impl Bgp {
                 }
             }
         }
-        if intent.mesh != self.applied.mesh {
-            match self
-                .handle
-                .set_peers(mesh_peers(&intent.mesh, self.asn, port))
-                .await
-            {
-                Ok(()) => info!(peers = ?intent.mesh, "BGP full mesh"),
+        if intent.peers != self.applied.peers {
+            let addrs: Vec<IpAddr> = intent.peers.iter().map(|p| p.address).collect();
+            match self.handle.set_peers(peer_configs(&intent.peers)).await {
+                Ok(()) => info!(peers = ?addrs, "BGP peers"),
                 Err(e) => {
                     warn!(error = %e, "setting BGP peers");
                     return;
@@ -166,6 +192,12 @@ impl Bgp {
     /// restart) while the agent is away.
     pub async fn stop(&self) {
         let _ = self.handle.shutdown(true).await;
+    }
+
+    /// Stops with a NOTIFICATION: peers drop our routes at once (the AS
+    /// changed, the old sessions are wrong).
+    pub async fn stop_hard(&self) {
+        let _ = self.handle.shutdown(false).await;
     }
 
     /// Operational state as JSON, for tools.

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub dataplane_errors: Counter,
     /// Full resyncs after the table was tampered with.
     pub resyncs: Counter,
+    status: Mutex<String>,
 }
 
 impl Metrics {
@@ -89,6 +90,21 @@ impl Metrics {
     /// Readiness.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Sets the JSON served at `/status`.
+    pub fn set_status(&self, json: String) {
+        if let Ok(mut s) = self.status.lock() {
+            *s = json;
+        }
+    }
+
+    /// The JSON served at `/status` (`{}` before the first one).
+    pub fn status(&self) -> String {
+        match self.status.lock() {
+            Ok(s) if !s.is_empty() => format!("{}\n", *s),
+            _ => "{}\n".to_string(),
+        }
     }
 
     /// The exposition text; `drops` are per endpoint chain drop counters.

@@ -76,7 +76,7 @@ pub async fn serve_cni(listener: UnixListener, requests: mpsc::Sender<Request>) 
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` over HTTP/1.1.
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/status` (JSON) over HTTP/1.1.
 pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
@@ -99,6 +99,7 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/healthz" | "/livez" => ("200 OK", "ok\n".to_string()),
+                "/status" => ("200 OK", metrics.status()),
                 "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_string()),
                 "/readyz" => (
                     "503 Service Unavailable",

@@ -62,13 +62,7 @@ fn display_name(namespace: Option<&str>, name: &str) -> String {
 }
 
 fn version(o: &Object) -> String {
-    let meta = match o {
-        Object::Pod(o) => &o.metadata,
-        Object::Namespace(o) => &o.metadata,
-        Object::NetworkPolicy(o) => &o.metadata,
-        Object::Node(o) => &o.metadata,
-    };
-    meta.resource_version.clone().unwrap_or_default()
+    o.metadata().resource_version.clone().unwrap_or_default()
 }
 
 /// One line per event, so that sequences compare as lists of strings.
@@ -102,15 +96,17 @@ fn summary(event: &Event) -> String {
         // The Kubernetes backend delivers whole lists as Reset; a Prune
         // here would be a bug the comparison should show.
         Event::Prune(kind, keep) => format!("prune {kind:?} {}", keep.len()),
+        Event::Barrier(n) => format!("barrier {n}"),
     }
 }
 
-fn kind_of(event: &Event) -> Kind {
-    match event {
+fn kind_of(event: &Event) -> Option<Kind> {
+    Some(match event {
         Event::Reset(kind, _) | Event::Prune(kind, _) => *kind,
         Event::Apply(o) => o.kind(),
         Event::Delete(r) => r.kind,
-    }
+        Event::Barrier(_) => return None,
+    })
 }
 
 /// The datastore running against the server, and what it has sent.
@@ -134,7 +130,7 @@ impl Consumer {
     fn of(&self, kind: Kind) -> Vec<String> {
         self.seen
             .iter()
-            .filter(|e| kind_of(e) == kind)
+            .filter(|e| kind_of(e) == Some(kind))
             .map(summary)
             .collect()
     }

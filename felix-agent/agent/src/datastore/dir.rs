@@ -20,14 +20,11 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
+use tabby_crds::{BGPConfiguration, BGPPeer};
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, warn};
 
 use super::{DatastoreError, Event, Kind, Object, ObjectRef};
-
-/// All kinds this backend reports, in the order of the initial resets
-/// (namespaces before the pods and policies that refer to them).
-const KINDS: [Kind; 4] = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::NetworkPolicy];
 
 /// Parses one manifest file into the objects the agent watches; documents of
 /// other kinds are skipped.
@@ -62,6 +59,12 @@ pub fn parse_manifests(path: &Path, text: &str) -> Result<Vec<Object>, Datastore
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 Object::NetworkPolicy(Box::new(from_value::<NetworkPolicy>(value).map_err(err)?))
             }
+            ("tabby.dev/v1alpha1", "BGPConfiguration") => Object::BgpConfiguration(Box::new(
+                from_value::<BGPConfiguration>(value).map_err(err)?,
+            )),
+            ("tabby.dev/v1alpha1", "BGPPeer") => {
+                Object::BgpPeer(Box::new(from_value::<BGPPeer>(value).map_err(err)?))
+            }
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
             _ => {
                 debug!(path = %path.display(), %api, %kind, "skipping a kind the agent does not watch");
@@ -82,7 +85,10 @@ fn default_namespace(mut obj: Object) -> Object {
     let meta = match &mut obj {
         Object::Pod(o) => Some(&mut o.metadata),
         Object::NetworkPolicy(o) => Some(&mut o.metadata),
-        Object::Namespace(_) | Object::Node(_) => None,
+        Object::Namespace(_)
+        | Object::Node(_)
+        | Object::BgpConfiguration(_)
+        | Object::BgpPeer(_) => None,
     };
     if let Some(m) = meta
         && m.namespace.as_deref().is_none_or(str::is_empty)
@@ -108,6 +114,8 @@ fn fingerprint(o: &Object) -> u64 {
         Object::Namespace(x) => serde_json::to_vec(x),
         Object::NetworkPolicy(x) => serde_json::to_vec(x),
         Object::Node(x) => serde_json::to_vec(x),
+        Object::BgpConfiguration(x) => serde_json::to_vec(x),
+        Object::BgpPeer(x) => serde_json::to_vec(x),
     };
     bytes.unwrap_or_default().hash(&mut h);
     h.finish()
@@ -121,7 +129,13 @@ pub struct DirDatastore {
     files: HashMap<PathBuf, FileState>,
     /// Which file each object currently comes from, and its fingerprint.
     owners: HashMap<ObjectRef, (PathBuf, u64)>,
+    /// The last barrier number reported.
+    barrier: Option<u64>,
 }
+
+/// The file whose number a tool bumps to learn when the agent caught up
+/// (see [`Event::Barrier`]); dot files are never read as manifests.
+pub const BARRIER_FILE: &str = ".barrier";
 
 impl DirDatastore {
     /// A datastore over `dir` (created if missing).
@@ -131,6 +145,7 @@ impl DirDatastore {
             poll: Duration::from_millis(300),
             files: HashMap::new(),
             owners: HashMap::new(),
+            barrier: None,
         }
     }
 
@@ -234,6 +249,25 @@ impl DirDatastore {
         true
     }
 
+    /// Reports a new barrier number, read after every manifest of this
+    /// scan was delivered (so everything written before it has been).
+    async fn check_barrier(&mut self, tx: &Sender<Event>) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.dir.join(BARRIER_FILE)) else {
+            return true;
+        };
+        match text.trim().parse::<u64>() {
+            Ok(n) if Some(n) != self.barrier => {
+                self.barrier = Some(n);
+                tx.send(Event::Barrier(n)).await.is_ok()
+            }
+            Ok(_) => true,
+            Err(_) => {
+                debug!(text = %text.trim(), "ignoring a barrier file that is not a number");
+                true
+            }
+        }
+    }
+
     /// An object left `path`: deleted, unless another file now defines it.
     async fn release(&mut self, r: &ObjectRef, path: &PathBuf, tx: &Sender<Event>) -> bool {
         if self.owners.get(r).is_some_and(|(p, _)| p == path) {
@@ -253,7 +287,7 @@ impl DirDatastore {
         if !self.scan(&tx).await {
             return;
         }
-        for kind in KINDS {
+        for kind in Kind::ALL {
             let keep: Vec<ObjectRef> = self
                 .owners
                 .keys()
@@ -264,11 +298,14 @@ impl DirDatastore {
                 return;
             }
         }
+        if !self.check_barrier(&tx).await {
+            return;
+        }
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if tx.is_closed() || !self.scan(&tx).await {
+            if tx.is_closed() || !self.scan(&tx).await || !self.check_barrier(&tx).await {
                 return;
             }
         }
@@ -330,7 +367,7 @@ spec: {podSelector: {}}
             "{first:?}"
         );
         let mut prunes = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..Kind::ALL.len() {
             match rx.recv().await.unwrap() {
                 Event::Prune(k, keep) => prunes.push((k, keep.len())),
                 other => panic!("expected prunes, got {other:?}"),
@@ -372,5 +409,64 @@ spec: {podSelector: {}}
         );
         drop(rx);
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_barrier_comes_after_the_manifests_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(BARRIER_FILE), "1\n").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let ds = DirDatastore::new(dir.path()).with_poll(Duration::from_millis(20));
+        let task = tokio::spawn(ds.run(tx));
+        let mut first = Vec::new();
+        loop {
+            let ev = rx.recv().await.unwrap();
+            let done = matches!(ev, Event::Barrier(_));
+            first.push(ev);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(first.len(), Kind::ALL.len() + 1, "prunes, then the barrier");
+        assert_eq!(first.last(), Some(&Event::Barrier(1)));
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n";
+        std::fs::write(dir.path().join("pod.yaml"), pod).unwrap();
+        std::fs::write(dir.path().join(BARRIER_FILE), "2").unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(ev, Event::Apply(Object::Pod(_))), "{ev:?}");
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev, Event::Barrier(2));
+        drop(rx);
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn tabby_bgp_resources_parse() {
+        let text = r#"
+apiVersion: tabby.dev/v1alpha1
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {asNumber: 65001, nodeToNodeMesh: false}
+---
+apiVersion: tabby.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 10.0.0.254, asNumber: 65000}
+"#;
+        let objs = parse_manifests(Path::new("t.yaml"), text).unwrap();
+        assert_eq!(objs[0].kind(), Kind::BgpConfiguration);
+        assert_eq!(objs[1].kind(), Kind::BgpPeer);
+        assert_eq!(objs[1].reference().namespace, None, "cluster-scoped");
+        let bad = "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: x}\nspec: {peerIP: 1.2.3.4, asNumber: 1, typo: 1}\n";
+        assert!(
+            parse_manifests(Path::new("t.yaml"), bad).is_err(),
+            "unknown fields are errors"
+        );
     }
 }

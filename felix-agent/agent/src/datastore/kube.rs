@@ -81,6 +81,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, DefaultBackoff};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
+use tabby_crds::{BGPConfiguration, BGPPeer};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -124,7 +125,8 @@ impl KubeDatastore {
         Self { client }
     }
 
-    /// Watches Pods, Namespaces, NetworkPolicies and Nodes (all namespaces)
+    /// Watches Pods, Namespaces, NetworkPolicies, Nodes and tabby's BGP
+    /// resources (all namespaces)
     /// and sends Events into `tx` until `tx` is closed. Returns when the
     /// receiver is dropped.
     pub async fn run(self, tx: mpsc::Sender<Event>) {
@@ -135,7 +137,9 @@ impl KubeDatastore {
             watch_kind::<Pod>(self.client.clone(), tx.clone()),
             watch_kind::<Namespace>(self.client.clone(), tx.clone()),
             watch_kind::<NetworkPolicy>(self.client.clone(), tx.clone()),
-            watch_kind::<Node>(self.client, tx),
+            watch_kind::<Node>(self.client.clone(), tx.clone()),
+            watch_kind::<BGPConfiguration>(self.client.clone(), tx.clone()),
+            watch_kind::<BGPPeer>(self.client, tx),
         );
     }
 }
@@ -149,6 +153,9 @@ trait Watched:
 
     /// Wraps the object for the consumer.
     fn into_object(self) -> Object;
+
+    /// A tabby CRD, which may not be installed: a 404 means "none".
+    const OPTIONAL: bool = false;
 
     /// What to ask the API server for.
     fn config() -> watcher::Config {
@@ -206,6 +213,24 @@ impl Watched for Node {
     }
 }
 
+impl Watched for BGPConfiguration {
+    const KIND: Kind = Kind::BgpConfiguration;
+    const OPTIONAL: bool = true;
+
+    fn into_object(self) -> Object {
+        Object::BgpConfiguration(Box::new(self))
+    }
+}
+
+impl Watched for BGPPeer {
+    const KIND: Kind = Kind::BgpPeer;
+    const OPTIONAL: bool = true;
+
+    fn into_object(self) -> Object {
+        Object::BgpPeer(Box::new(self))
+    }
+}
+
 /// Turns one kind's watcher events into datastore events, holding a
 /// (re)list back until it is complete.
 #[derive(Debug)]
@@ -257,18 +282,30 @@ impl Resync {
     }
 }
 
+/// The API server's status code carried by a watcher error, if any.
+fn status_code(err: &watcher::Error) -> Option<u16> {
+    match err {
+        watcher::Error::WatchError(status) => Some(status.code),
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => match e {
+            kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        },
+        watcher::Error::NoResourceVersion => None,
+    }
+}
+
 /// True when the error says our resourceVersion is too old: only a new LIST
 /// recovers from that.
 fn is_gone(err: &watcher::Error) -> bool {
-    match err {
-        watcher::Error::WatchError(status) => status.code == 410,
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => {
-            matches!(e, kube::Error::Api(status) if status.code == 410)
-        }
-        watcher::Error::NoResourceVersion => false,
-    }
+    status_code(err) == Some(410)
+}
+
+/// True when the resource does not exist on the server (its CRD is not
+/// installed).
+fn is_not_found(err: &watcher::Error) -> bool {
+    status_code(err) == Some(404)
 }
 
 /// Watches one kind until `tx` is closed.
@@ -283,6 +320,9 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>) {
     // Called once per error and never reset on success (see the module
     // doc); it resets itself after 120 s without errors.
     let mut backoff = DefaultBackoff::default();
+    // An optional kind whose CRD is missing is reported once as empty, so
+    // that the agent's first sync does not wait for it forever.
+    let mut reported_missing = false;
     loop {
         // A fresh watcher starts with a LIST; the old one is only dropped
         // on 410 Gone (or if it ever ended).
@@ -295,12 +335,23 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>) {
             let (relist, failure) = match next {
                 Some(Ok(event)) => {
                     if let Some(event) = resync.step(event) {
+                        reported_missing = false;
                         log_event(&event);
                         if tx.send(event).await.is_err() {
                             return;
                         }
                     }
                     continue;
+                }
+                Some(Err(err)) if K::OPTIONAL && is_not_found(&err) => {
+                    if !reported_missing {
+                        info!("the resource is not installed; treating it as empty");
+                        reported_missing = true;
+                        if tx.send(Event::Reset(K::KIND, Vec::new())).await.is_err() {
+                            return;
+                        }
+                    }
+                    (true, err.to_string())
                 }
                 Some(Err(err)) => (is_gone(&err), err.to_string()),
                 // kube's watcher never ends; if it does, start over without
@@ -329,6 +380,7 @@ fn log_event(event: &Event) {
             debug!(namespace = ?r.namespace, name = %r.name, "applied");
         }
         Event::Delete(r) => debug!(namespace = ?r.namespace, name = %r.name, "deleted"),
+        Event::Barrier(n) => debug!(n, "barrier"),
     }
 }
 

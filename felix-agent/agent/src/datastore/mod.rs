@@ -1,5 +1,6 @@
 //! The datastore: where the agent learns about Pods, Namespaces,
-//! NetworkPolicies and Nodes. Two backends produce the same stream of
+//! NetworkPolicies, Nodes and tabby's BGP resources (BGPConfiguration,
+//! BGPPeer). Two backends produce the same stream of
 //! [`Event`]s: Kubernetes (watchers) and a directory of manifests (the lab,
 //! standalone nodes, tests).
 //!
@@ -14,6 +15,7 @@ pub mod kube;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tabby_crds::{BGPConfiguration, BGPPeer};
 
 /// The kinds the agent watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +28,23 @@ pub enum Kind {
     NetworkPolicy,
     /// `v1/Node`.
     Node,
+    /// `tabby.dev/v1alpha1/BGPConfiguration`.
+    BgpConfiguration,
+    /// `tabby.dev/v1alpha1/BGPPeer`.
+    BgpPeer,
+}
+
+impl Kind {
+    /// Every kind, in the order of an initial sync (namespaces before the
+    /// pods and policies that refer to them).
+    pub const ALL: [Kind; 6] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+    ];
 }
 
 /// One object of a watched kind.
@@ -39,6 +58,10 @@ pub enum Object {
     NetworkPolicy(Box<NetworkPolicy>),
     /// A Node.
     Node(Box<Node>),
+    /// A BGPConfiguration.
+    BgpConfiguration(Box<BGPConfiguration>),
+    /// A BGPPeer.
+    BgpPeer(Box<BGPPeer>),
 }
 
 impl Object {
@@ -49,17 +72,26 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::Node(_) => Kind::Node,
+            Object::BgpConfiguration(_) => Kind::BgpConfiguration,
+            Object::BgpPeer(_) => Kind::BgpPeer,
+        }
+    }
+
+    /// The object's metadata.
+    pub fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Pod(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+            Object::BgpConfiguration(o) => &o.metadata,
+            Object::BgpPeer(o) => &o.metadata,
         }
     }
 
     /// The object's reference (kind, namespace, name).
     pub fn reference(&self) -> ObjectRef {
-        let meta = match self {
-            Object::Pod(o) => &o.metadata,
-            Object::Namespace(o) => &o.metadata,
-            Object::NetworkPolicy(o) => &o.metadata,
-            Object::Node(o) => &o.metadata,
-        };
+        let meta = self.metadata();
         ObjectRef {
             kind: self.kind(),
             namespace: meta.namespace.clone(),
@@ -92,6 +124,11 @@ pub enum Event {
     Apply(Object),
     /// An object was deleted.
     Delete(ObjectRef),
+    /// Everything written to the datastore before barrier `n` was set has
+    /// been delivered (the dir backend's `.barrier` file): once the agent
+    /// has programmed it, it reports `n` as done, so a tool that changed
+    /// the datastore can wait for every node to have caught up.
+    Barrier(u64),
 }
 
 /// Errors of the datastore layer.
