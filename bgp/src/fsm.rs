@@ -384,6 +384,30 @@ impl Fsm {
                 }
             }
             (Established, Event::TcpCrAcked(id)) => out.push(Action::Close(id)),
+            (OpenSent, Event::TcpConnectionFails(id)) if self.is_conn(id) => {
+                // RFC 4271 §8.2.2: back to Active, listening, with the
+                // ConnectRetryTimer running. Going Idle instead (where
+                // incoming connections are refused) lets two peers that
+                // restart together refuse each other forever.
+                self.conn = None;
+                out.push(Action::Close(id));
+                match self.candidate.take() {
+                    // A collision candidate (its OPEN sent) becomes the
+                    // connection.
+                    Some(c) => {
+                        self.conn = Some(c);
+                        out.push(Action::StartTimer(Timer::Hold, OPEN_HOLD));
+                    }
+                    None => {
+                        out.push(Action::StopTimer(Timer::Hold));
+                        out.push(Action::StartTimer(
+                            Timer::ConnectRetry,
+                            self.cfg.connect_retry,
+                        ));
+                        self.state = Active;
+                    }
+                }
+            }
             (_, Event::TcpConnectionFails(id)) if self.is_conn(id) => {
                 let graceful = self.state == Established;
                 self.go_idle(out, None, "connection lost", graceful);

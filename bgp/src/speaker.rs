@@ -168,6 +168,18 @@ impl Subscriber {
 
 /// `now + d`, saturating at a year instead of overflowing on absurd
 /// configured durations.
+/// `d` scaled by a random factor in [0.75, 1.0) (RFC 4271 §10).
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh RandomState is seeded from the OS and bumped per call: random
+    // enough for spreading timers, without a dependency.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let frac = 0.75 + (r % 1000) as f64 / 4000.0;
+    d.mul_f64(frac)
+}
+
 fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(Duration::from_secs(365 * 24 * 3600)))
         .unwrap_or(now)
@@ -881,7 +893,10 @@ impl Core {
         let Some(p) = self.peer_mut(addr) else {
             return;
         };
+        let before = p.fsm.state();
+        let what = format!("{ev:?}");
         let actions = p.fsm.handle(ev);
+        debug!(peer = %addr, event = %what, from = ?before, to = ?p.fsm.state(), actions = actions.len(), "FSM");
         for a in actions {
             self.action(addr, a);
         }
@@ -923,6 +938,14 @@ impl Core {
                 }
             }
             Action::StartTimer(t, d) => {
+                // RFC 4271 §10: jitter the retry timers. Two speakers that
+                // lost their session at the same instant otherwise retry in
+                // lock step, each one Idle (refusing) exactly when the
+                // other connects, forever.
+                let d = match t {
+                    Timer::ConnectRetry | Timer::IdleHold => jitter(d),
+                    Timer::Hold | Timer::Keepalive => d,
+                };
                 if let Some(p) = self.peer_mut(addr) {
                     p.timers.insert(t, after(now, d));
                 }
@@ -1136,5 +1159,23 @@ impl Core {
             subs.push(l);
         }
         self.subscribers = subs;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_timers_are_jittered_within_three_quarters_to_one() {
+        let d = Duration::from_secs(4);
+        let samples: Vec<Duration> = (0..200).map(|_| jitter(d)).collect();
+        assert!(
+            samples
+                .iter()
+                .all(|s| *s >= Duration::from_secs(3) && *s < d)
+        );
+        let distinct: std::collections::HashSet<_> = samples.iter().collect();
+        assert!(distinct.len() > 50, "not random: {}", distinct.len());
     }
 }

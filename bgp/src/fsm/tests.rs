@@ -396,3 +396,22 @@ fn enhanced_route_refresh_is_offered_and_negotiated_when_both_sides_have_it() {
     fsm.handle(Event::BgpOpen(C1, open));
     assert!(fsm.negotiated().unwrap().enhanced_route_refresh);
 }
+
+#[test]
+fn a_connection_lost_in_open_sent_goes_active_and_still_accepts_the_peer() {
+    let mut fsm = Fsm::new(cfg());
+    fsm.handle(Event::ManualStart);
+    fsm.handle(Event::TcpCrAcked(C1));
+    assert_eq!(fsm.state(), State::OpenSent);
+    let a = fsm.handle(Event::TcpConnectionFails(C1));
+    assert_eq!(fsm.state(), State::Active, "RFC 4271 §8.2.2");
+    assert!(a.contains(&Action::Close(C1)));
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::StartTimer(Timer::ConnectRetry, _)))
+    );
+    // The peer connecting to us now is taken, not refused.
+    let a = fsm.handle(Event::TcpConnectionConfirmed(C2));
+    assert!(matches!(sent(&a)[..], [(C2, Message::Open(_))]));
+    assert_eq!(fsm.state(), State::OpenSent);
+}

@@ -740,6 +740,9 @@ pub async fn run(
     let mut bgp: Option<crate::bgp::Bgp> = None;
     let mut last_bgp: Option<serde_json::Value> = None;
     let mut last_status: Option<serde_json::Value> = None;
+    // The endpoints a previous run wired are known before the first
+    // programming, so a restarted agent never programs a table without them.
+    tokio::task::block_in_place(|| agent.sync_records());
     loop {
         if let Some(port) = agent.cfg.bgp_port
             && agent.synced()

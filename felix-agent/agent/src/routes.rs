@@ -81,18 +81,14 @@ pub fn reconcile(
     want.extend(blocks.iter().map(blackhole));
 
     for w in &want {
-        let present = have
-            .iter()
-            .any(|h| h.dst == w.dst && h.kind == w.kind && h.oif == w.oif);
+        let present = have.iter().any(|h| same_route(h, w));
         if !present {
             nl.replace_route(w)?;
             report.added.push(describe(w));
         }
     }
     for h in &have {
-        let wanted = want
-            .iter()
-            .any(|w| w.dst == h.dst && w.kind == h.kind && w.oif == h.oif);
+        let wanted = want.iter().any(|w| same_route(h, w));
         let through_workload = h
             .oif
             .and_then(|i| links.iter().find(|l| l.index == i))
@@ -109,10 +105,40 @@ pub fn reconcile(
     Ok(report)
 }
 
+/// Whether a route in the kernel is the one wanted. IPv6 blackholes are
+/// reported with the loopback as their device, so theirs is ignored.
+fn same_route(have: &RouteSpec, want: &RouteSpec) -> bool {
+    have.dst == want.dst
+        && have.kind == want.kind
+        && (have.kind == RTN_BLACKHOLE || have.oif == want.oif)
+}
+
 fn describe(r: &RouteSpec) -> String {
     if r.kind == RTN_BLACKHOLE {
         format!("blackhole {}", r.dst)
     } else {
         format!("{} dev #{}", r.dst, r.oif.unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn an_ipv6_blackhole_on_the_loopback_is_the_wanted_one() {
+        let want = blackhole(&"fd00:244:0:1::/64".parse().unwrap());
+        let have = RouteSpec {
+            oif: Some(1),
+            ..want.clone()
+        };
+        assert!(same_route(&have, &want));
+        let unicast = RouteSpec {
+            kind: RTN_UNICAST,
+            ..have.clone()
+        };
+        assert!(!same_route(&unicast, &want));
     }
 }

@@ -1,0 +1,228 @@
+//! Drives `tabbyctl lab` as a user would: a lab per test, named uniquely,
+//! brought down on drop (also when the test fails).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tabby_tests::{require_root, require_tool, workspace_bin};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Labs of test processes that died (SIGKILL, a crash) are removed before
+/// a new one starts: their names carry the pid of the test process.
+fn clean_stale_labs() {
+    let Ok(entries) = std::fs::read_dir("/run/tabby-lab") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("e2e")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new(workspace_bin("tabbyctl"))
+                .args(["lab", "down", "--name", &name])
+                .output();
+        }
+    }
+}
+
+/// A running lab.
+pub struct Lab {
+    pub name: String,
+    bin: PathBuf,
+}
+
+impl Lab {
+    /// Starts a lab of `nodes` nodes.
+    pub fn up(nodes: usize) -> Lab {
+        require_root();
+        for t in ["ip", "nft"] {
+            require_tool(t);
+        }
+        clean_stale_labs();
+        let name = format!(
+            "e2e{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let lab = Lab {
+            name,
+            bin: workspace_bin("tabbyctl"),
+        };
+        lab.ok(&["up", "--nodes", &nodes.to_string()]);
+        lab
+    }
+
+    /// Runs `tabbyctl lab <args> --name <lab>`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("lab")
+            .args(args)
+            .args(["--name", &self.name])
+            .output()
+            .expect("running tabbyctl")
+    }
+
+    /// Like `run`, and fails the test when the command fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "tabbyctl lab {} failed:\n{}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn file(&self, yaml: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        std::fs::write(f.path(), yaml).unwrap();
+        f
+    }
+
+    /// `lab apply -f` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> String {
+        let f = self.file(yaml);
+        self.ok(&["apply", "-f", f.path().to_str().unwrap()])
+    }
+
+    /// `lab delete -f` of `yaml`.
+    pub fn delete(&self, yaml: &str) -> String {
+        let f = self.file(yaml);
+        self.ok(&["delete", "-f", f.path().to_str().unwrap()])
+    }
+
+    /// `lab status -o json`.
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "-o", "json"])).unwrap()
+    }
+
+    /// `lab probe -o json` on `port`/`protocol` (all pairs).
+    pub fn probe(&self, port: u16, protocol: &str) -> Value {
+        serde_json::from_str(&self.ok(&[
+            "probe",
+            "--port",
+            &port.to_string(),
+            "--protocol",
+            protocol,
+            "-o",
+            "json",
+        ]))
+        .unwrap()
+    }
+
+    /// The pod `ns/name` from status.
+    pub fn pod(&self, id: &str) -> Value {
+        let (ns, name) = id.split_once('/').unwrap();
+        self.status()["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["namespace"] == ns && p["name"] == name)
+            .unwrap_or_else(|| panic!("no pod {id}"))
+            .clone()
+    }
+
+    /// The netns of node `name`.
+    pub fn node_netns(&self, node: &str) -> String {
+        format!("tl.{}.{node}", self.name)
+    }
+
+    /// The fabric namespace.
+    pub fn fabric_netns(&self) -> String {
+        format!("tl.{}.fabric", self.name)
+    }
+
+    /// The lab's directory.
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from("/run/tabby-lab").join(&self.name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+/// `ip -n <netns> <args>` output.
+pub fn ip_in(netns: &str, args: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", netns])
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every netns whose name starts with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Namespaces x, y, z (labelled `ns: <name>`) with pods a, b, c each
+/// (labelled `pod: <name>`, serving 80/TCP named http and 81/UDP), spread
+/// round-robin over the nodes: the upstream e2e suite's layout.
+pub fn xyz() -> String {
+    let mut docs = Vec::new();
+    for ns in ["x", "y", "z"] {
+        docs.push(format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"
+        ));
+        for p in ["a", "b", "c"] {
+            docs.push(format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {p}, namespace: {ns}, labels: {{pod: {p}}}}}\n\
+                 spec:\n  containers:\n  - name: c\n    image: registry.k8s.io/e2e-test-images/agnhost:2.47\n    \
+                 ports: [{{containerPort: 80, name: http}}, {{containerPort: 81, protocol: UDP}}]\n"
+            ));
+        }
+    }
+    docs.join("---\n")
+}
+
+/// The nine pods of [`xyz`].
+pub const PODS: [&str; 9] = [
+    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+];
+
+/// Namespace of `ns/name`.
+pub fn ns(p: &str) -> &str {
+    p.split('/').next().unwrap()
+}
+
+/// The differences between a probe's matrix and `expect(from, to)`.
+pub fn mismatches(probe: &Value, expect: impl Fn(&str, &str) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in PODS {
+        for t in PODS {
+            let got = probe["matrix"][f][t].as_bool();
+            if got != Some(expect(f, t)) {
+                out.push(format!("{f} -> {t}: got {got:?}, want {}", expect(f, t)));
+            }
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 100 ms until it holds or `secs` pass.
+pub fn eventually(what: &str, secs: u64, cond: impl FnMut() -> bool) {
+    tabby_tests::wait_for(what, Duration::from_secs(secs), cond);
+}
