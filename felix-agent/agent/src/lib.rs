@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bgp;
 pub mod datastore;
+pub mod install;
 pub mod metrics;
 pub mod nft;
 pub mod routes;
