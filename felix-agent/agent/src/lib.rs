@@ -8,5 +8,6 @@ pub mod datastore;
 pub mod install;
 pub mod metrics;
 pub mod nft;
+pub mod node_status;
 pub mod routes;
 pub mod server;

@@ -17,6 +17,7 @@ use tabby_agent::datastore::dir::DirDatastore;
 use tabby_agent::datastore::kube::KubeDatastore;
 use tabby_agent::install::{self, InstallConfig, Outcome};
 use tabby_agent::metrics::Metrics;
+use tabby_agent::node_status;
 use tabby_agent::server;
 use tabby_common::agent::CniSettings;
 use tracing::info;
@@ -143,7 +144,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let ds = KubeDatastore::connect(args.kubeconfig.as_deref())
                 .await
                 .context("connecting to the Kubernetes API")?;
-            tokio::spawn(ds.run(ev_tx));
+            // The Node's NetworkUnavailable condition follows what the
+            // datastore shows of this node, on the way to the agent.
+            let (ds_tx, ds_rx) = tokio::sync::mpsc::channel(1024);
+            let (seen_tx, seen_rx) = tokio::sync::watch::channel(node_status::Seen::NotYet);
+            let client = ds.client();
+            tokio::spawn(ds.run(ds_tx));
+            tokio::spawn(node_status::tee_own_node(
+                args.node_name.clone(),
+                ds_rx,
+                ev_tx,
+                seen_tx,
+            ));
+            tokio::spawn(node_status::run(
+                client,
+                args.node_name.clone(),
+                metrics.network_ready(),
+                seen_rx,
+            ));
         }
         other => match other.strip_prefix("dir:") {
             Some(path) if !path.is_empty() => {

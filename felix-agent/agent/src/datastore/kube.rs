@@ -124,6 +124,11 @@ impl KubeDatastore {
         Self { client }
     }
 
+    /// The client, for writes that go with the watches (the Node's status).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// Watches Pods, Namespaces, NetworkPolicies and Nodes (all namespaces)
     /// and sends Events into `tx` until `tx` is closed. Returns when the
     /// receiver is dropped.
