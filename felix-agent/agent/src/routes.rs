@@ -81,18 +81,14 @@ pub fn reconcile(
     want.extend(blocks.iter().map(blackhole));
 
     for w in &want {
-        let present = have
-            .iter()
-            .any(|h| h.dst == w.dst && h.kind == w.kind && h.oif == w.oif);
+        let present = have.iter().any(|h| same_route(h, w));
         if !present {
             nl.replace_route(w)?;
             report.added.push(describe(w));
         }
     }
     for h in &have {
-        let wanted = want
-            .iter()
-            .any(|w| w.dst == h.dst && w.kind == h.kind && w.oif == h.oif);
+        let wanted = want.iter().any(|w| same_route(w, h));
         let through_workload = h
             .oif
             .and_then(|i| links.iter().find(|l| l.index == i))
@@ -109,10 +105,53 @@ pub fn reconcile(
     Ok(report)
 }
 
+/// True when `a` and `b` are the same route for tabby's purposes. A
+/// blackhole has no device, but the kernel reports IPv6 ones on `lo`:
+/// comparing devices there made every reconciliation replace and then
+/// delete the IPv6 blackhole.
+fn same_route(a: &RouteSpec, b: &RouteSpec) -> bool {
+    a.dst == b.dst && a.kind == b.kind && (a.kind == RTN_BLACKHOLE || a.oif == b.oif)
+}
+
 fn describe(r: &RouteSpec) -> String {
     if r.kind == RTN_BLACKHOLE {
         format!("blackhole {}", r.dst)
     } else {
         format!("{} dev #{}", r.dst, r.oif.unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_blackhole_is_the_same_whatever_device_the_kernel_reports() {
+        let want = blackhole(&"fd00:10:244:1::/64".parse().unwrap());
+        // As dumped: IPv6 blackholes come back on `lo` (ifindex 1).
+        let have = RouteSpec {
+            oif: Some(1),
+            ..want.clone()
+        };
+        assert!(same_route(&have, &want));
+        let other = blackhole(&"fd00:10:244:2::/64".parse().unwrap());
+        assert!(!same_route(&other, &want));
+    }
+
+    #[test]
+    fn an_endpoint_route_on_another_device_is_not_the_same() {
+        let route = |oif| RouteSpec {
+            dst: "10.244.1.5/32".parse().unwrap(),
+            gateway: None,
+            oif: Some(oif),
+            protocol: RTPROT_TABBY,
+            scope: SCOPE_LINK,
+            kind: RTN_UNICAST,
+            table: TABLE_MAIN,
+        };
+        assert!(same_route(&route(7), &route(7)));
+        assert!(!same_route(&route(7), &route(8)));
     }
 }

@@ -215,13 +215,32 @@ fn agent_on_recorded_api_programs_node_sets_condition_and_survives_outages() {
     let before = dataplane(&c.node);
     api.server.fail_with(Some(503));
     api.rt.block_on(api.server.stop());
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(dataplane(&c.node), before, "refused connections");
+    // Longer than the agent's route reconciliation period (10 s), so that
+    // one runs in the outage and must change nothing.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(dataplane(&c.node), before, "refused connections: {}", c.agent_log());
     // ...then answered with 503 until each watch has retried twice.
     let seen = api.server.requests().len();
     api.rt.block_on(api.server.restart());
     api.wait_for_watches_after(seen, 2);
-    assert_eq!(dataplane(&c.node), before, "503 answers");
+    assert_eq!(dataplane(&c.node), before, "503 answers: {}", c.agent_log());
+    // Each watch backs off between attempts (0.8 s at least, jittered up),
+    // with no quick retries of the client's own underneath.
+    let outage = &api.server.requests()[seen..];
+    for path in ALL {
+        let at: Vec<_> = outage
+            .iter()
+            .filter(|r| r.path == path && r.is_watch())
+            .map(|r| r.at)
+            .collect();
+        for pair in at.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= Duration::from_millis(700),
+                "{path}: retried after {gap:?}"
+            );
+        }
+    }
     assert!(matches!(
         http_get(&c.node, METRICS.parse().unwrap(), "/readyz"),
         Some((200, _))
