@@ -6,7 +6,7 @@
 //! - the node's blocks come from `Node.spec.podCIDRs` (dual stack): blackhole
 //!   routes with protocol 150; the local pod's chains appear in `inet tabby`;
 //! - the agent PATCHes `NetworkUnavailable=False` onto its Node;
-//! - an API outage (connections cut, then refused, then 503s) leaves the
+//! - an API outage (connections cut, then 503s, then refused) leaves the
 //!   ruleset (rules and handles) and tabby's routes exactly as they were;
 //! - afterwards the watches resume, a NetworkPolicy added meanwhile changes
 //!   the rules, and a Node showing `NetworkUnavailable=True` is set back.
@@ -208,18 +208,13 @@ fn agent_on_recorded_api_programs_node_sets_condition_and_survives_outages() {
     api.wait_for_patches(1);
     assert_network_available(&patches(&api.server)[0]);
 
-    // The outage: every connection cut, then refused for a while...
+    // The outage: every connection cut and each watch answered 503 until
+    // it has retried twice (while the backoff is still short)...
     wait_for("the pod's route", Duration::from_secs(30), || {
         c.node.ok("ip route show proto 150").contains(&host_iface)
     });
     let before = dataplane(&c.node);
     api.server.fail_with(Some(503));
-    api.rt.block_on(api.server.stop());
-    // Longer than the agent's route reconciliation period (10 s), so that
-    // one runs in the outage and must change nothing.
-    std::thread::sleep(Duration::from_secs(11));
-    assert_eq!(dataplane(&c.node), before, "refused connections: {}", c.agent_log());
-    // ...then answered with 503 until each watch has retried twice.
     let seen = api.server.requests().len();
     api.rt.block_on(api.server.restart());
     api.wait_for_watches_after(seen, 2);
@@ -241,6 +236,16 @@ fn agent_on_recorded_api_programs_node_sets_condition_and_survives_outages() {
             );
         }
     }
+    // ...then refused for longer than the agent's route reconciliation
+    // period (10 s), so that one runs in the outage and must change nothing.
+    api.rt.block_on(api.server.stop());
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(
+        dataplane(&c.node),
+        before,
+        "refused connections: {}",
+        c.agent_log()
+    );
     assert!(matches!(
         http_get(&c.node, METRICS.parse().unwrap(), "/readyz"),
         Some((200, _))
@@ -248,7 +253,7 @@ fn agent_on_recorded_api_programs_node_sets_condition_and_survives_outages() {
     assert_eq!(c.metric("tabby_dataplane_errors_total"), Some(0));
 
     // Back: the watches resume from their versions and get what happened
-    // meanwhile. Scripted while still failing, so no watch takes the
+    // meanwhile. Scripted while the server is down, so no watch takes the
     // silent default first.
     api.server.watch(
         NETWORK_POLICIES,
@@ -266,6 +271,7 @@ fn agent_on_recorded_api_programs_node_sets_condition_and_survives_outages() {
     );
     let seen = api.server.requests().len();
     api.server.fail_with(None);
+    api.rt.block_on(api.server.restart());
     wait_for(
         "the new policy in the rules",
         Duration::from_secs(120),
