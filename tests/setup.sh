@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  iproute2 iputils-ping nftables iptables tcpdump iperf3 socat
+  iproute2 iputils-ping nftables iptables tcpdump iperf3 socat bc procps
   containernetworking-plugins
   bird2 frr gobgpd
   build-essential pkg-config

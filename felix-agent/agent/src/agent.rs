@@ -680,6 +680,11 @@ impl Agent {
             self.metrics.dataplane_errors.inc();
             self.netlink = None;
         }
+        // Netlink is dropped on failure, so this means the routes are in.
+        if self.netlink.is_some() {
+            self.metrics
+                .set_network_ready(self.ready() && !self.blocks.is_empty());
+        }
     }
 
     fn update_metrics(&self) {

@@ -5,7 +5,9 @@
 pub mod agent;
 pub mod bgp;
 pub mod datastore;
+pub mod install;
 pub mod metrics;
 pub mod nft;
+pub mod node_status;
 pub mod routes;
 pub mod server;

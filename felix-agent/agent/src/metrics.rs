@@ -65,6 +65,9 @@ impl Histogram {
 pub struct Metrics {
     gauges: Mutex<[usize; 4]>,
     ready: AtomicBool,
+    /// True once this node's routes are programmed after a full sync; a
+    /// watch channel, because the Kubernetes layer reports it on the Node.
+    network_ready: tokio::sync::watch::Sender<bool>,
     /// Time from a change to "programmed in the kernel".
     pub programming: Histogram,
     /// nft transactions or netlink calls that failed.
@@ -107,6 +110,18 @@ impl Metrics {
         }
     }
 
+    /// Sets whether this node's network is up: first full sync programmed
+    /// and the routes of its blocks installed.
+    pub fn set_network_ready(&self, up: bool) {
+        self.network_ready
+            .send_if_modified(|v| std::mem::replace(v, up) != up);
+    }
+
+    /// Follows [`Metrics::set_network_ready`].
+    pub fn network_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.network_ready.subscribe()
+    }
+
     /// The exposition text; `drops` are per endpoint chain drop counters.
     pub fn render(&self, drops: &[(String, u64)]) -> String {
         let g = self.gauges.lock().map(|g| *g).unwrap_or_default();
@@ -132,6 +147,10 @@ impl Metrics {
         out.push_str(&format!(
             "# HELP tabby_ready 1 once the first full sync is programmed.\n# TYPE tabby_ready gauge\ntabby_ready {}\n",
             u8::from(self.is_ready())
+        ));
+        out.push_str(&format!(
+            "# HELP tabby_network_ready 1 once this node's routes are programmed after a full sync.\n# TYPE tabby_network_ready gauge\ntabby_network_ready {}\n",
+            u8::from(*self.network_ready.borrow())
         ));
         out.push_str(
             "# HELP tabby_programming_seconds Time to program a change into the kernel.\n",

@@ -88,7 +88,7 @@ pub fn reconcile(
         }
     }
     for h in &have {
-        let wanted = want.iter().any(|w| same_route(h, w));
+        let wanted = want.iter().any(|w| same_route(w, h));
         let through_workload = h
             .oif
             .and_then(|i| links.iter().find(|l| l.index == i))
@@ -105,12 +105,12 @@ pub fn reconcile(
     Ok(report)
 }
 
-/// Whether a route in the kernel is the one wanted. IPv6 blackholes are
-/// reported with the loopback as their device, so theirs is ignored.
-fn same_route(have: &RouteSpec, want: &RouteSpec) -> bool {
-    have.dst == want.dst
-        && have.kind == want.kind
-        && (have.kind == RTN_BLACKHOLE || have.oif == want.oif)
+/// True when `a` and `b` are the same route for tabby's purposes. A
+/// blackhole has no device, but the kernel reports IPv6 ones on `lo`:
+/// comparing devices there made every reconciliation replace and then
+/// delete the IPv6 blackhole.
+fn same_route(a: &RouteSpec, b: &RouteSpec) -> bool {
+    a.dst == b.dst && a.kind == b.kind && (a.kind == RTN_BLACKHOLE || a.oif == b.oif)
 }
 
 fn describe(r: &RouteSpec) -> String {
@@ -123,22 +123,35 @@ fn describe(r: &RouteSpec) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(clippy::unwrap_used)]
 
     use super::*;
 
     #[test]
-    fn an_ipv6_blackhole_on_the_loopback_is_the_wanted_one() {
-        let want = blackhole(&"fd00:244:0:1::/64".parse().unwrap());
+    fn a_blackhole_is_the_same_whatever_device_the_kernel_reports() {
+        let want = blackhole(&"fd00:10:244:1::/64".parse().unwrap());
+        // As dumped: IPv6 blackholes come back on `lo` (ifindex 1).
         let have = RouteSpec {
             oif: Some(1),
             ..want.clone()
         };
         assert!(same_route(&have, &want));
-        let unicast = RouteSpec {
+        let other = blackhole(&"fd00:10:244:2::/64".parse().unwrap());
+        assert!(!same_route(&other, &want));
+    }
+
+    #[test]
+    fn an_endpoint_route_on_another_device_is_not_the_same() {
+        let route = |oif| RouteSpec {
+            dst: "10.244.1.5/32".parse().unwrap(),
+            gateway: None,
+            oif: Some(oif),
+            protocol: RTPROT_TABBY,
+            scope: SCOPE_LINK,
             kind: RTN_UNICAST,
-            ..have.clone()
+            table: TABLE_MAIN,
         };
-        assert!(!same_route(&unicast, &want));
+        assert!(same_route(&route(7), &route(7)));
+        assert!(!same_route(&route(7), &route(8)));
     }
 }

@@ -14,6 +14,14 @@ use tracing::{debug, warn};
 use crate::agent::Request;
 use crate::metrics::Metrics;
 
+/// The liveness endpoint: 200 while the process serves (the DaemonSet's
+/// livenessProbe).
+pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// The readiness endpoint: 200 once the first full sync is programmed (the
+/// DaemonSet's readinessProbe).
+pub const READYZ_PATH: &str = "/readyz";
+
 /// How long one CNI conversation may take on the agent's side.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -98,10 +106,10 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
             let head = String::from_utf8_lossy(&buf[..len]);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
-                "/healthz" | "/livez" => ("200 OK", "ok\n".to_string()),
+                HEALTHZ_PATH | "/livez" => ("200 OK", "ok\n".to_string()),
                 "/status" => ("200 OK", metrics.status()),
-                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_string()),
-                "/readyz" => (
+                READYZ_PATH if metrics.is_ready() => ("200 OK", "ready\n".to_string()),
+                READYZ_PATH => (
                     "503 Service Unavailable",
                     "not ready: first sync not programmed\n".to_string(),
                 ),

@@ -366,17 +366,17 @@ fn a_bird_router_on_the_fabric_peers_with_every_node_through_a_bgppeer() {
             ip_in(&node, "route show 192.0.2.0/24").contains("via 10.99.0.250")
         });
     }
-    let st = lab.status();
-    for n in st["nodes"].as_array().unwrap() {
-        let sessions = n["bgpSessions"].as_array().unwrap();
-        assert_eq!(sessions.len(), 3, "two nodes and the router: {n}");
-        assert!(
-            sessions.iter().any(|s| s["peer"] == "10.99.0.250"
-                && s["asn"] == 65000
-                && s["state"] == "Established"),
-            "{n}"
-        );
-    }
+    // `lab status` shows the router on every node (agents publish their
+    // BGP state every half second).
+    eventually("every node shows its session with the router", 30, || {
+        lab.status()["nodes"].as_array().unwrap().iter().all(|n| {
+            let sessions = n["bgpSessions"].as_array().unwrap();
+            sessions.len() == 3
+                && sessions.iter().any(|s| {
+                    s["peer"] == "10.99.0.250" && s["asn"] == 65000 && s["state"] == "Established"
+                })
+        })
+    });
     // Removing the BGPPeer ends the sessions and the route.
     lab.delete(
         "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.99.0.250, asNumber: 65000}\n",

@@ -1,17 +1,23 @@
 //! `tabby-agent`: the per-node daemon. Watches the datastore, programs
 //! NetworkPolicy into nftables and tabby's routes, and answers the CNI
 //! plugin once a new pod's policy is live.
+//!
+//! `tabby-agent install-cni` is the DaemonSet's init container: it installs
+//! the plugin and its conflist on the node, then exits. Without a
+//! subcommand the binary runs the agent, with the same flags as ever.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Args as _, CommandFactory, FromArgMatches, Parser};
 use tabby_agent::agent::{self, Agent, AgentConfig};
 use tabby_agent::datastore::dir::DirDatastore;
 use tabby_agent::datastore::kube::KubeDatastore;
+use tabby_agent::install::{self, InstallConfig, Outcome};
 use tabby_agent::metrics::Metrics;
+use tabby_agent::node_status;
 use tabby_agent::server;
 use tabby_common::agent::CniSettings;
 use tracing::info;
@@ -21,7 +27,7 @@ use tracing::info;
 #[command(name = "tabby-agent", version)]
 struct Args {
     /// `kubernetes` (in-cluster, or --kubeconfig) or `dir:PATH` (a directory of manifests).
-    #[arg(long, default_value = "kubernetes")]
+    #[arg(long, env = "TABBY_DATASTORE", default_value = "kubernetes")]
     datastore: String,
     /// Kubeconfig file for the kubernetes datastore (default: in-cluster).
     #[arg(long)]
@@ -30,36 +36,84 @@ struct Args {
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
     /// Where the CNI plugin writes endpoint records; the socket is `<run-dir>/agent.sock`.
-    #[arg(long, default_value = "/run/tabby")]
+    #[arg(long, env = "TABBY_RUN_DIR", default_value = "/run/tabby")]
     run_dir: PathBuf,
     /// Where the blocks file for tabby-ipam is written.
-    #[arg(long, default_value = "/var/lib/tabby")]
+    #[arg(long, env = "TABBY_DATA_DIR", default_value = "/var/lib/tabby")]
     data_dir: PathBuf,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:9099")]
+    #[arg(long, env = "TABBY_METRICS_ADDR", default_value = "0.0.0.0:9099")]
     metrics_addr: SocketAddr,
     /// How long the CNI plugin waits for this agent on ADD, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "TABBY_CNI_TIMEOUT_MS", default_value_t = 10_000)]
     cni_timeout_ms: u64,
     /// Let pods start when the agent does not answer in time (default: fail closed).
-    #[arg(long)]
+    #[arg(long, env = "TABBY_CNI_FAIL_OPEN")]
     cni_fail_open: bool,
     /// Run without BGP (no routes to other nodes' pods).
-    #[arg(long)]
+    #[arg(long, env = "TABBY_NO_BGP")]
     no_bgp: bool,
     /// TCP port of the BGP full mesh.
-    #[arg(long, default_value_t = 179)]
+    #[arg(long, env = "TABBY_BGP_PORT", default_value_t = 179)]
     bgp_port: u16,
     /// This node's AS (until a BGPConfiguration says otherwise).
-    #[arg(long, default_value_t = tabby_agent::bgp::DEFAULT_ASN)]
+    #[arg(long, env = "TABBY_BGP_ASN", default_value_t = tabby_agent::bgp::DEFAULT_ASN)]
     bgp_asn: u32,
     /// Log format: `text` or `json`.
-    #[arg(long, default_value = "text")]
+    #[arg(long, env = "TABBY_LOG_FORMAT", default_value = "text")]
     log_format: String,
 }
 
+/// Install the tabby plugin and 10-tabby.conflist on this node (the DaemonSet's init container), then exit.
+#[derive(Debug, clap::Args)]
+struct InstallArgs {
+    /// The plugin binary to install (in the image).
+    #[arg(long, env = "TABBY_PLUGIN", default_value = "/usr/local/bin/tabby")]
+    plugin: PathBuf,
+    /// The runtime's CNI bin directory (host mount).
+    #[arg(long, env = "TABBY_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The runtime's CNI configuration directory (host mount).
+    #[arg(long, env = "TABBY_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The agent's run directory; the plugin is told `<run-dir>/agent.sock`.
+    #[arg(long, env = "TABBY_RUN_DIR", default_value = "/run/tabby")]
+    run_dir: PathBuf,
+    /// The plugin's data directory (IPAM state, the agent's blocks file).
+    #[arg(long, env = "TABBY_DATA_DIR", default_value = "/var/lib/tabby")]
+    data_dir: PathBuf,
+    /// The pods' MTU (default: the plugin detects the uplink's).
+    #[arg(long, env = "TABBY_MTU")]
+    mtu: Option<u32>,
+    /// The network name in the conflist.
+    #[arg(long, env = "TABBY_NETWORK_NAME", default_value = "tabby")]
+    network_name: String,
+    /// Do not chain the reference `portmap` plugin (no hostPort support).
+    #[arg(long, env = "TABBY_NO_PORTMAP")]
+    no_portmap: bool,
+}
+
+/// The subcommand's name.
+const INSTALL_CNI: &str = "install-cni";
+
+/// The agent's flags at the top level (so `tabby-agent --flags` runs the
+/// agent as before) plus the `install-cni` subcommand.
+fn cli() -> clap::Command {
+    Args::command()
+        // The agent's required --node-name is not required by a subcommand,
+        // and agent flags cannot be mixed with one.
+        .subcommand_negates_reqs(true)
+        .args_conflicts_with_subcommands(true)
+        .subcommand(InstallArgs::augment_args(clap::Command::new(INSTALL_CNI)))
+}
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let matches = cli().get_matches();
+    if let Some(sub) = matches.subcommand_matches(INSTALL_CNI) {
+        let args = InstallArgs::from_arg_matches(sub).unwrap_or_else(|e| e.exit());
+        return install_cni(args);
+    }
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(
@@ -90,7 +144,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let ds = KubeDatastore::connect(args.kubeconfig.as_deref())
                 .await
                 .context("connecting to the Kubernetes API")?;
-            tokio::spawn(ds.run(ev_tx));
+            // The Node's NetworkUnavailable condition follows what the
+            // datastore shows of this node, on the way to the agent.
+            let (ds_tx, ds_rx) = tokio::sync::mpsc::channel(1024);
+            let (seen_tx, seen_rx) = tokio::sync::watch::channel(node_status::Seen::NotYet);
+            let client = ds.client();
+            tokio::spawn(ds.run(ds_tx));
+            tokio::spawn(node_status::tee_own_node(
+                args.node_name.clone(),
+                ds_rx,
+                ev_tx,
+                seen_tx,
+            ));
+            tokio::spawn(node_status::run(
+                client,
+                args.node_name.clone(),
+                metrics.network_ready(),
+                seen_rx,
+            ));
         }
         other => match other.strip_prefix("dir:") {
             Some(path) if !path.is_empty() => {
@@ -142,5 +213,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     agent::run(agent, ev_rx, req_rx, stop_rx).await;
     let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn install_cni(args: InstallArgs) -> anyhow::Result<()> {
+    let cfg = InstallConfig {
+        plugin: args.plugin,
+        cni_bin_dir: args.cni_bin_dir,
+        cni_conf_dir: args.cni_conf_dir,
+        run_dir: args.run_dir,
+        data_dir: args.data_dir,
+        mtu: args.mtu,
+        network_name: args.network_name,
+        portmap: !args.no_portmap,
+    };
+    let report = install::install(&cfg).context("installing the CNI plugin")?;
+    // One line per file on stderr: the init container's log says what it changed.
+    for (path, outcome) in [
+        (&report.plugin_path, report.plugin),
+        (&report.conflist_path, report.conflist),
+    ] {
+        let what = match outcome {
+            Outcome::Written => "installed",
+            Outcome::Unchanged => "unchanged",
+        };
+        eprintln!("tabby-agent install-cni: {what} {}", path.display());
+    }
     Ok(())
 }

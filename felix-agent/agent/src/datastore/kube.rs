@@ -49,7 +49,12 @@
 //!   (kube's `StreamBackoff` resets on any item, which lets a LIST→410 loop
 //!   relist every second forever). In an outage: at most one request per
 //!   kind per delay; 5,000 agents × 4 kinds at the cap ≈ 300–700 requests/s
-//!   in all, spread out, not synchronised.
+//!   in all, spread out, not synchronised. kube's own retry of 429/503/504
+//!   (from 5 ms, 15 times, under this backoff) is turned off in
+//!   [`KubeDatastore::connect`], or a 503 would bring bursts of requests
+//!   from every agent at once.
+//! - The agent's only write is one PATCH of its Node's status per start
+//!   (`crate::node_status`), retried with the same backoff.
 //! - Pods are selected with `status.phase!=Succeeded,status.phase!=Failed`:
 //!   finished pods (Jobs) are never sent, and a pod that finishes arrives
 //!   as a delete (its address is released and may be reused). The other
@@ -103,7 +108,7 @@ pub struct KubeDatastore {
 impl KubeDatastore {
     /// In-cluster config, or the given kubeconfig file.
     pub async fn connect(kubeconfig: Option<&Path>) -> Result<Self, DatastoreError> {
-        let config = match kubeconfig {
+        let mut config = match kubeconfig {
             Some(path) => {
                 let failed = |e: kube::config::KubeconfigError| {
                     DatastoreError::Client(format!("kubeconfig {}: {e}", path.display()))
@@ -116,6 +121,11 @@ impl KubeDatastore {
             None => kube::Config::incluster()
                 .map_err(|e| DatastoreError::Client(format!("in-cluster config: {e}")))?,
         };
+        // kube's client retries 429/503/504 by itself, from 5 ms and up to
+        // 15 times, underneath the watches' backoff: an API server answering
+        // 503 would get a burst from every agent. The watches' backoff (and
+        // the status PATCH's) is the only one.
+        config.default_retry = false;
         let client = Client::try_from(config).map_err(|e| DatastoreError::Client(e.to_string()))?;
         Ok(Self::from_client(client))
     }
@@ -123,6 +133,11 @@ impl KubeDatastore {
     /// From an existing client (tests point it at a fake API server).
     pub fn from_client(client: Client) -> Self {
         Self { client }
+    }
+
+    /// The client, for writes that go with the watches (the Node's status).
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// Watches Pods, Namespaces, NetworkPolicies, Nodes and tabby's BGP

@@ -7,11 +7,18 @@
 //! cut in the middle of a chunk. Every request is recorded with its query
 //! parameters and arrival time.
 //!
+//! A PATCH of a Node's status (`/api/v1/nodes/<name>/status`, what the
+//! agent sends for its NetworkUnavailable condition) is recorded with its
+//! body and answered with the Node's name, as the server answers with the
+//! patched object.
+//!
 //! Replies are scripted per resource and verb (LIST or WATCH) and used in
 //! order; when a queue is empty the resource's default reply is used (a
 //! watch that stays open and silent; a LIST answered 500, so an unexpected
 //! LIST is visible). A watch reply is an event log: like the real server it
 //! sends only the events newer than the `resourceVersion` asked for.
+// Shared by two test crates (kube_watch, kube_agent), each using a part.
+#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -93,6 +100,12 @@ impl Reply {
 /// A request the server received.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// `GET`, `PATCH`, ...
+    pub method: String,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The body (empty for GETs).
+    pub body: String,
     /// The path without the query.
     pub path: String,
     /// Decoded query parameters.
@@ -102,9 +115,14 @@ pub struct Request {
 }
 
 impl Request {
-    /// True for a WATCH, false for a LIST.
+    /// True for a WATCH, false for a LIST (or a PATCH).
     pub fn is_watch(&self) -> bool {
         self.param("watch") == Some("true")
+    }
+
+    /// True for a PATCH.
+    pub fn is_patch(&self) -> bool {
+        self.method == "PATCH"
     }
 
     /// One query parameter.
@@ -147,6 +165,10 @@ struct Shared {
     failing: Option<u16>,
 }
 
+/// Makes the unbound socket the server listens on (a test may make it in
+/// another network namespace: a socket stays in the namespace it was made in).
+pub type SocketMaker = Arc<dyn Fn() -> TcpSocket + Send + Sync>;
+
 /// The server. Dropping it closes the listener and every connection.
 pub struct FakeApiServer {
     addr: SocketAddr,
@@ -156,12 +178,22 @@ pub struct FakeApiServer {
     /// While stopped: the port, bound but not listening, so connections are
     /// refused and no other socket can take the port.
     reserved: Option<TcpSocket>,
+    make_socket: SocketMaker,
 }
 
 impl FakeApiServer {
     /// Binds 127.0.0.1 on a free port and starts serving.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with(Arc::new(|| TcpSocket::new_v4().unwrap())).await
+    }
+
+    /// Binds 127.0.0.1 on a free port of the sockets `make_socket` makes,
+    /// and starts serving.
+    pub async fn start_with(make_socket: SocketMaker) -> Self {
+        let socket = make_socket();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1024).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut server = Self {
             addr,
@@ -169,6 +201,7 @@ impl FakeApiServer {
             arrived: Arc::default(),
             accept: None,
             reserved: None,
+            make_socket,
         };
         server.serve(listener);
         server
@@ -217,7 +250,7 @@ impl FakeApiServer {
             accept.abort();
             // Wait for the listener and connections to be dropped.
             let _ = accept.await;
-            let socket = TcpSocket::new_v4().unwrap();
+            let socket = (self.make_socket)();
             socket.set_reuseaddr(true).unwrap();
             socket.bind(self.addr).unwrap();
             self.reserved = Some(socket);
@@ -343,6 +376,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Mutex<Shared>>, arr
                 reason: "InternalError",
                 message: "etcdserver: request timed out".into(),
             },
+            None if request.is_patch() => patched_node(&request.path),
             None => {
                 let script = shared.scripts.entry(request.path.clone()).or_default();
                 if request.is_watch() {
@@ -439,6 +473,29 @@ async fn write_body(
     stream.shutdown().await
 }
 
+/// The answer to a PATCH of `/api/v1/nodes/<name>/status`: the Node, of
+/// which the client only needs the shape.
+fn patched_node(path: &str) -> Reply {
+    let name = path
+        .strip_prefix("/api/v1/nodes/")
+        .and_then(|p| p.strip_suffix("/status"));
+    match name {
+        Some(name) => Reply::Body(
+            serde_json::json!({
+                "kind": "Node",
+                "apiVersion": "v1",
+                "metadata": {"name": name},
+            })
+            .to_string(),
+        ),
+        None => Reply::Status {
+            code: 405,
+            reason: "MethodNotAllowed",
+            message: format!("fake API server: no PATCH of {path}"),
+        },
+    }
+}
+
 /// True if the event is newer than `since` (ERROR events have no version
 /// and are always sent).
 fn is_newer(event: &str, since: u64) -> bool {
@@ -449,19 +506,42 @@ fn is_newer(event: &str, since: u64) -> bool {
     }
 }
 
-/// Reads a request head; GETs have no body.
+/// Reads a request: the head, and the body when `Content-Length` says
+/// there is one (a PATCH).
 async fn read_request(stream: &mut TcpStream) -> Option<Request> {
-    let mut head = Vec::new();
+    let mut data = Vec::new();
     let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
         let n = stream.read(&mut buf).await.ok()?;
-        if n == 0 || head.len() > 64 * 1024 {
+        if n == 0 || data.len() > 64 * 1024 {
             return None;
         }
-        head.extend_from_slice(&buf[..n]);
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(data[..end].to_vec()).ok()?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = data[end..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&buf[..n]);
     }
-    let head = String::from_utf8(head).ok()?;
-    let target = head.lines().next()?.split(' ').nth(1)?;
+    let mut request_line = head.lines().next()?.split(' ');
+    let method = request_line.next()?.to_owned();
+    let target = request_line.next()?;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let query = query
         .split('&')
@@ -472,6 +552,9 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
         })
         .collect();
     Some(Request {
+        method,
+        content_type: header("content-type"),
+        body: String::from_utf8(body).ok()?,
         path: path.into(),
         query,
         at: Instant::now(),
