@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netlink_packet_core::DefaultNla;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -147,6 +147,17 @@ pub struct VethSpec<'a> {
     pub peer_mac: Option<[u8; 6]>,
     /// MTU of both ends.
     pub mtu: u32,
+}
+
+/// What the kernel reports about a veth end it has just created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedVeth {
+    /// Index of the end created in the calling socket's namespace.
+    pub index: u32,
+    /// Its MAC address.
+    pub mac: Option<[u8; 6]>,
+    /// Index of the other end, in the peer namespace (`IFLA_LINK`).
+    pub peer_index: Option<u32>,
 }
 
 /// A synchronous rtnetlink socket bound to the namespace it was opened in.
@@ -328,7 +339,15 @@ impl Netlink {
 
     /// Creates a veth pair: `spec.name` here, `spec.peer_name` directly in the
     /// peer namespace, so that no half of the pair ever appears elsewhere.
-    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+    ///
+    /// The request asks the kernel to echo the new link (`NLM_F_ECHO`,
+    /// honoured by `RTM_NEWLINK` since Linux 6.1), which carries its index,
+    /// its MAC and the peer's index: no lookups afterwards. `None` when the
+    /// kernel does not echo; the caller then looks the ends up by name.
+    pub fn create_veth(
+        &mut self,
+        spec: &VethSpec<'_>,
+    ) -> Result<Option<CreatedVeth>, NetlinkError> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(spec.peer_name.to_string()));
@@ -347,11 +366,28 @@ impl Netlink {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         let op = format!("create veth {} (peer {})", spec.name, spec.peer_name);
-        self.request(
+        let seq = self.send(
             &op,
             RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK | NLM_F_ECHO,
+        )?;
+        let mut created = None;
+        self.receive(&op, seq, |m| {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                let summary = summarize_link(&l);
+                if summary.name == spec.name {
+                    created = Some(CreatedVeth {
+                        index: summary.index,
+                        mac: summary.mac,
+                        peer_index: l.attributes.iter().find_map(|a| match a {
+                            LinkAttribute::Link(i) => Some(*i),
+                            _ => None,
+                        }),
+                    });
+                }
+            }
+        })?;
+        Ok(created)
     }
 
     /// Sets a link administratively up.
