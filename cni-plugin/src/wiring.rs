@@ -10,11 +10,14 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use std::time::Duration;
 use tabby_common::naming::{
     GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, RTPROT_TABBY, format_mac, is_workload_iface,
 };
 use tabby_sys::netlink::{RTN_UNICAST, SCOPE_LINK, SCOPE_UNIVERSE, TABLE_MAIN, VethSpec};
-use tabby_sys::{NetNs, Netlink, RouteSpec, sysctl};
+
+use tabby_sys::teardown::{self, LinkEvents};
+use tabby_sys::{LinkSummary, NetNs, Netlink, RouteSpec, sysctl};
 use tracing::{debug, info, warn};
 
 use crate::error::{CniError, CniResult, Code};
@@ -301,35 +304,61 @@ fn host_side(
     Ok(index)
 }
 
+/// How long DEL waits for the kernel to unlist the pair.
+const DEL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Removes the pod's interface. Idempotent: a missing namespace, link or
 /// record is success. `host_end` is (name, ifindex) from the endpoint
 /// record, used when the namespace is already gone.
+///
+/// When the pod end's peer is the recorded host end, DEL returns as soon as
+/// the kernel has unlisted the pair, before its memory reclamation (~15 ms
+/// of `rcu_barrier()`), which a helper process waits out:
+/// [`tabby_sys::teardown`] explains why nothing is left to observe by then.
 pub fn del(
     host: &mut Netlink,
     netns: Option<&std::path::Path>,
     ifname: &str,
     host_end: Option<(&str, u32)>,
 ) -> CniResult<()> {
+    // Subscribed before anything is deleted, so that the host end's
+    // RTM_DELLINK cannot be missed.
+    let mut events = host_end.and_then(|_| LinkEvents::open().ok());
     if let Some(path) = netns {
         match NetNs::open(path) {
             Ok(ns) => {
                 let guard = ns
                     .enter()
                     .map_err(|e| kernel("cannot enter the pod network namespace", e))?;
-                let res = (|| -> CniResult<()> {
+                let found = (|| -> CniResult<Option<(Netlink, LinkSummary)>> {
                     let mut pod = Netlink::open()?;
                     mark("del: enter+socket");
-                    if let Some(l) = pod.link_by_name(ifname)?
-                        && l.kind.as_deref() == Some("veth")
-                    {
-                        mark("del: lookup");
-                        pod.delete_link(l.index)?;
-                        mark("del: delete link");
-                    }
-                    Ok(())
+                    Ok(pod
+                        .link_by_name(ifname)?
+                        .filter(|l| l.kind.as_deref() == Some("veth"))
+                        .map(|l| (pod, l)))
                 })();
                 drop(guard);
-                res?;
+                if let Some((mut pod, l)) = found? {
+                    mark("del: lookup");
+                    match (events.as_mut(), host_end) {
+                        (Some(events), Some((name, index)))
+                            if l.link == Some(index) && is_workload_iface(name) =>
+                        {
+                            teardown::delete_veth_detached(
+                                pod,
+                                l.index,
+                                events,
+                                index,
+                                DEL_TIMEOUT,
+                            )?;
+                            mark("del: pair unlisted");
+                            return Ok(());
+                        }
+                        _ => pod.delete_link(l.index)?,
+                    }
+                    mark("del: delete link");
+                }
             }
             Err(e) if e.is_not_found() => debug!(netns = %path.display(), "netns already gone"),
             Err(e) => return Err(kernel("cannot open the pod network namespace", e)),

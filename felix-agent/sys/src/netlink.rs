@@ -101,6 +101,8 @@ pub struct LinkSummary {
     pub kind: Option<String>,
     /// Loopback device.
     pub loopback: bool,
+    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    pub link: Option<u32>,
 }
 
 /// A route, in the subset of fields tabby reads and writes.
@@ -379,10 +381,7 @@ impl Netlink {
                     created = Some(CreatedVeth {
                         index: summary.index,
                         mac: summary.mac,
-                        peer_index: l.attributes.iter().find_map(|a| match a {
-                            LinkAttribute::Link(i) => Some(*i),
-                            _ => None,
-                        }),
+                        peer_index: summary.link,
                     });
                 }
             }
@@ -774,11 +773,13 @@ fn summarize_link(l: &LinkMessage) -> LinkSummary {
         up: l.header.flags.contains(LinkFlags::Up),
         kind: None,
         loopback: l.header.flags.contains(LinkFlags::Loopback),
+        link: None,
     };
     for a in &l.attributes {
         match a {
             LinkAttribute::IfName(n) => s.name = n.clone(),
             LinkAttribute::Mtu(m) => s.mtu = *m,
+            LinkAttribute::Link(i) => s.link = Some(*i),
             LinkAttribute::Address(mac) if mac.len() == 6 => {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(mac);
