@@ -363,6 +363,14 @@ impl Netlink {
         msg.attributes
             .push(LinkAttribute::IfName(spec.name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        // One queue each way, as the kernel would settle on anyway: asked
+        // for explicitly, each end is allocated with one instead of one per
+        // CPU and then shrunk, and the shrinking costs an expedited RCU
+        // grace period per end, under RTNL (veth_init_queues).
+        for m in [&mut peer, &mut msg] {
+            m.attributes.push(LinkAttribute::NumTxQueues(1));
+            m.attributes.push(LinkAttribute::NumRxQueues(1));
+        }
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
