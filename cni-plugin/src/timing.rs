@@ -1,5 +1,5 @@
 //! An opt-in stage timer for finding where a verb spends its time:
-//! `TABBY_TIMING=1` prints one line per stage on stderr, with the time since
+//! `TABBY_TIMING=1` (any value but empty or `0`) prints one line per stage on stderr, with the time since
 //! the process started working and since the previous stage. Off (one
 //! environment lookup, then nothing) unless asked for.
 
@@ -16,7 +16,8 @@ fn clock() -> Option<&'static Clock> {
     static CLOCK: OnceLock<Option<Clock>> = OnceLock::new();
     CLOCK
         .get_or_init(|| {
-            std::env::var_os("TABBY_TIMING").map(|_| {
+            let on = std::env::var_os("TABBY_TIMING").is_some_and(|v| !v.is_empty() && v != "0");
+            on.then(|| {
                 let now = Instant::now();
                 Clock {
                     start: now,
