@@ -456,17 +456,28 @@ pub fn check(host: &mut Netlink, exp: &Attachment<'_>) -> CniResult<()> {
     Ok(())
 }
 
+/// Addresses from the documentation ranges (RFC 5737, RFC 3849): no node
+/// routes them more specifically than by its default route, so the route
+/// the kernel picks for them is the default route.
+const PROBE_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+const PROBE_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+
 /// The MTU to give pods: that of the interface of the node's default route
 /// (IPv4, else IPv6), else the smallest MTU among the node's other up
-/// interfaces, else 1500. The common case costs a route dump and one link
-/// lookup, never a dump of every link (hundreds of veths on a busy node).
+/// interfaces, else 1500. The common case costs one route lookup and one
+/// link lookup, whatever the number of routes (one per pod) or links; a
+/// lookup that does not land on a single-path default route of the main
+/// table falls back to reading the table.
 pub fn uplink_mtu(host: &mut Netlink) -> CniResult<u32> {
-    for v6 in [false, true] {
-        let default_oif = host
-            .routes(v6, TABLE_MAIN)?
-            .into_iter()
-            .find(|r| r.dst.prefix_len() == 0 && r.oif.is_some())
-            .and_then(|r| r.oif);
+    for (v6, probe) in [(false, PROBE_V4), (true, PROBE_V6)] {
+        let default_oif = match host.route_to(probe)? {
+            Some(r) if r.dst.prefix_len() == 0 && r.table == TABLE_MAIN && r.oif.is_some() => r.oif,
+            _ => host
+                .routes(v6, TABLE_MAIN)?
+                .into_iter()
+                .find(|r| r.dst.prefix_len() == 0 && r.oif.is_some())
+                .and_then(|r| r.oif),
+        };
         if let Some(index) = default_oif
             && let Some(l) = host.link_by_index(index)?
         {

@@ -24,7 +24,8 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -526,6 +527,31 @@ impl Netlink {
             })
             .filter(|r| r.table == table)
             .collect())
+    }
+
+    /// The routing table entry the kernel would use to reach `dst` (a FIB
+    /// lookup, policy rules included, answered with the matching entry's
+    /// prefix: `RTM_F_FIB_MATCH`); `None` when nothing matches. One
+    /// request, whatever the size of the table.
+    pub fn route_to(&mut self, dst: IpAddr) -> Result<Option<RouteSpec>, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family_of(dst);
+        req.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        req.header.flags = RouteFlags::FibMatch;
+        req.attributes
+            .push(RouteAttribute::Destination(route_address(dst)));
+        let op = format!("look up the route to {dst}");
+        let seq = self.send(&op, RouteNetlinkMessage::GetRoute(req), NLM_F_ACK)?;
+        let mut found = None;
+        match self.receive(&op, seq, |m| {
+            if let RouteNetlinkMessage::NewRoute(r) = m {
+                found = parse_route(&r);
+            }
+        }) {
+            Ok(()) => Ok(found),
+            Err(e) if matches!(e.errno(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Installs a permanent neighbour entry, so that the address never
