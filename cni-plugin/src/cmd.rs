@@ -17,6 +17,7 @@ use crate::config::{Env, LATEST_VERSION, NetConf, SUPPORTED_VERSIONS};
 use crate::error::{CniError, CniResult, Code};
 use crate::ipam;
 use crate::result::{CniOutput, Interface, IpConfig, Route};
+use crate::timing::mark;
 use crate::wiring::{self, Attachment};
 
 /// DEL only informs the agent; it never waits long for it.
@@ -86,13 +87,16 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         )
     })?;
     let mut host = Netlink::open()?;
+    mark("netns+socket");
     let host_name = host_veth_name(env.pod(), &env.container_id, &env.ifname);
     let mtu = match conf.mtu {
         Some(m) => m,
         None => wiring::uplink_mtu(&mut host)?,
     };
+    mark("mtu");
 
     let alloc = ipam::allocate(conf, env, &host_name)?;
+    mark("ipam");
     let mut undo = vec![Undo::Ipam];
 
     let wired = match wiring::remove_stale_host_end(&mut host, &host_name).and_then(|()| {
@@ -137,6 +141,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         unwind(conf, env, undo);
         return Err(e.into());
     }
+    mark("record");
     undo.push(Undo::Record);
 
     if let Some(sock) = &conf.agent_socket {
@@ -257,6 +262,7 @@ pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
         }
     };
     let mut host = Netlink::open()?;
+    mark("record read+socket");
     wiring::del(
         &mut host,
         env.netns.as_deref(),
@@ -265,8 +271,11 @@ pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
             .as_ref()
             .map(|r| (r.host_iface.as_str(), r.host_ifindex)),
     )?;
+    mark("unwired");
     ipam::release(conf, env)?;
+    mark("ipam");
     store.remove(&env.container_id, &env.ifname)?;
+    mark("record removed");
     if let Some(sock) = &conf.agent_socket {
         let req = AgentRequest::Del {
             container_id: env.container_id.clone(),

@@ -7,4 +7,5 @@ pub mod config;
 pub mod error;
 pub mod ipam;
 pub mod result;
+pub mod timing;
 pub mod wiring;

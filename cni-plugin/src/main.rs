@@ -26,20 +26,25 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    tabby_cni::timing::start();
     init_logging();
+    tabby_cni::timing::mark("logging");
     let vars: BTreeMap<String, String> = std::env::vars().collect();
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
 
     let mut out = std::io::stdout().lock();
     let version = config::sniff_version(&stdin).unwrap_or_else(|| LATEST_VERSION.to_string());
+    tabby_cni::timing::mark("stdin");
     let result = match read {
         Ok(_) => run(&vars, &stdin),
         Err(e) => Err(CniError::new(Code::Io, "cannot read stdin", e.to_string())),
     };
+    tabby_cni::timing::mark("verb done");
     match result {
         Ok(Some(json)) => {
             let _ = writeln!(out, "{json}");
+            tabby_cni::timing::mark("result written");
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
@@ -61,6 +66,7 @@ fn run(
     }
     let env = config::parse_env(verb, vars)?;
     let conf = config::parse_conf(stdin)?;
+    tabby_cni::timing::mark("parsed");
     let min = match verb {
         Verb::Check => Some("0.4.0"),
         Verb::Status | Verb::Gc => Some("1.1.0"),

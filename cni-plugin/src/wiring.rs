@@ -10,14 +10,18 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use std::time::Duration;
 use tabby_common::naming::{
     GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, RTPROT_TABBY, format_mac, is_workload_iface,
 };
 use tabby_sys::netlink::{RTN_UNICAST, SCOPE_LINK, SCOPE_UNIVERSE, TABLE_MAIN, VethSpec};
-use tabby_sys::{NetNs, Netlink, RouteSpec, sysctl};
+
+use tabby_sys::teardown::{self, LinkEvents};
+use tabby_sys::{LinkSummary, NetNs, Netlink, RouteSpec, sysctl};
 use tracing::{debug, info, warn};
 
 use crate::error::{CniError, CniResult, Code};
+use crate::timing::mark;
 
 /// `rtm_protocol` "static", for the routes inside the pod.
 const RTPROT_STATIC: u8 = 4;
@@ -152,7 +156,8 @@ pub fn add(
         )
     })?;
     let mut pod = Netlink::open()?;
-    let pod_side = (|| -> CniResult<(u32, String)> {
+    mark("pod socket");
+    let pod_side = (|| -> CniResult<(u32, String, Option<u32>)> {
         if let Some(old) = pod.link_by_name(req.ifname)? {
             if old.kind.as_deref() != Some("veth") {
                 return Err(CniError::new(
@@ -174,42 +179,58 @@ pub fn add(
             );
             pod.delete_link(old.index)?;
         }
-        pod.create_veth(&VethSpec {
+        mark("pod link check");
+        let created = pod.create_veth(&VethSpec {
             name: req.ifname,
             peer_name: req.host_name,
             peer_netns_fd: host_ns.raw_fd(),
             peer_mac: Some(HOST_VETH_MAC),
             mtu,
         })?;
-        let link = pod
-            .link_by_name(req.ifname)?
-            .ok_or_else(|| kernel("veth vanished after creation", req.ifname))?;
-        let mac = link.mac.map(|m| format_mac(&m)).unwrap_or_default();
+        mark("create veth");
+        // The kernel's echo of the new link has both indexes and the MAC;
+        // a kernel that does not echo (before 6.1) costs a lookup.
+        let (index, mac, host_index) = match created {
+            Some(c) => (c.index, c.mac, c.peer_index),
+            None => {
+                let l = pod
+                    .link_by_name(req.ifname)?
+                    .ok_or_else(|| kernel("veth vanished after creation", req.ifname))?;
+                (l.index, l.mac, None)
+            }
+        };
+        let mac = mac.map(|m| format_mac(&m)).unwrap_or_default();
+        mark("pod link lookup");
         if v6 {
             // The pod end's own link-local address would otherwise run DAD;
             // the global /128 is added with NODAD below.
             let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_dad", req.ifname), "0");
         }
+        mark("pod sysctl");
         for ip in req.ips {
-            pod.add_address(link.index, ip.addr(), ip.max_prefix_len(), false, true)?;
+            pod.add_address(index, ip.addr(), ip.max_prefix_len(), false, true)?;
         }
-        pod.set_up(link.index)?;
-        for r in pod_routes(link.index, v4, v6) {
+        mark("pod addresses");
+        pod.set_up(index)?;
+        mark("pod up");
+        for r in pod_routes(index, v4, v6) {
             pod.replace_route(&r)?;
         }
+        mark("pod routes");
         // Static entries for the gateway: the first packet never waits for
         // ARP/ND, and the gateway works even when the node has no route
         // that proxy ARP could use.
         if v4 {
-            pod.replace_neighbour(link.index, IpAddr::V4(GATEWAY_V4), HOST_VETH_MAC)?;
+            pod.replace_neighbour(index, IpAddr::V4(GATEWAY_V4), HOST_VETH_MAC)?;
         }
         if v6 {
-            pod.replace_neighbour(link.index, IpAddr::V6(GATEWAY_V6), HOST_VETH_MAC)?;
+            pod.replace_neighbour(index, IpAddr::V6(GATEWAY_V6), HOST_VETH_MAC)?;
         }
-        Ok((link.index, mac))
+        mark("pod neighbours");
+        Ok((index, mac, host_index))
     })();
     drop(guard);
-    let (pod_index, pod_mac) = match pod_side {
+    let (pod_index, pod_mac, host_index) = match pod_side {
         Ok(x) => x,
         Err(e) => {
             if let Ok(Some(l)) = pod.link_by_name(req.ifname) {
@@ -219,7 +240,7 @@ pub fn add(
         }
     };
 
-    match host_side(host, req, v4, v6) {
+    match host_side(host, req, host_index, v4, v6) {
         Ok(host_index) => Ok(Wired {
             host_index,
             pod_mac,
@@ -233,11 +254,25 @@ pub fn add(
     }
 }
 
-fn host_side(host: &mut Netlink, req: &Attachment<'_>, v4: bool, v6: bool) -> CniResult<u32> {
-    let link = host
-        .link_by_name(req.host_name)?
-        .ok_or_else(|| kernel("host end of the veth is missing", req.host_name))?;
+/// Configures the host end, `index` when the kernel told us, else looked
+/// up by name.
+fn host_side(
+    host: &mut Netlink,
+    req: &Attachment<'_>,
+    index: Option<u32>,
+    v4: bool,
+    v6: bool,
+) -> CniResult<u32> {
+    let index = match index {
+        Some(i) => i,
+        None => {
+            host.link_by_name(req.host_name)?
+                .ok_or_else(|| kernel("host end of the veth is missing", req.host_name))?
+                .index
+        }
+    };
     let h = req.host_name;
+    mark("host link lookup");
     if v4 {
         // Answer ARP for 169.254.1.1 (pods that flushed their neighbour
         // table), at once; strict reverse-path filtering drops packets whose
@@ -252,45 +287,78 @@ fn host_side(host: &mut Netlink, req: &Attachment<'_>, v4: bool, v6: bool) -> Cn
         sysctl::write(&format!("net/ipv6/conf/{h}/accept_dad"), "0")?;
         sysctl::write(&format!("net/ipv6/conf/{h}/proxy_ndp"), "1")?;
         sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
-        host.add_address(link.index, IpAddr::V6(GATEWAY_V6), 64, true, true)?;
+        host.add_address(index, IpAddr::V6(GATEWAY_V6), 64, true, true)?;
     }
+    mark("host sysctls+addr");
     // Before the host end comes up, so no packet ever passes unguarded.
     let own: Vec<IpAddr> = req.ips.iter().map(IpNet::addr).collect();
-    host.install_source_guard(link.index, &own)?;
-    host.set_up(link.index)?;
+    host.install_source_guard(index, &own)?;
+    mark("host guard");
+    host.set_up(index)?;
+    mark("host up");
     for ip in req.ips {
-        host.replace_route(&host_route(ip, link.index))?;
+        host.replace_route(&host_route(ip, index))?;
     }
-    debug!(iface = h, index = link.index, "host end ready");
-    Ok(link.index)
+    mark("host routes");
+    debug!(iface = h, index = index, "host end ready");
+    Ok(index)
 }
+
+/// How long DEL waits for the kernel to unlist the pair.
+const DEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Removes the pod's interface. Idempotent: a missing namespace, link or
 /// record is success. `host_end` is (name, ifindex) from the endpoint
 /// record, used when the namespace is already gone.
+///
+/// When the pod end's peer is the recorded host end, DEL returns as soon as
+/// the kernel has unlisted the pair, before its memory reclamation (~15 ms
+/// of `rcu_barrier()`), which a helper process waits out:
+/// [`tabby_sys::teardown`] explains why nothing is left to observe by then.
 pub fn del(
     host: &mut Netlink,
     netns: Option<&std::path::Path>,
     ifname: &str,
     host_end: Option<(&str, u32)>,
 ) -> CniResult<()> {
+    // Subscribed before anything is deleted, so that the host end's
+    // RTM_DELLINK cannot be missed.
+    let mut events = host_end.and_then(|_| LinkEvents::open().ok());
     if let Some(path) = netns {
         match NetNs::open(path) {
             Ok(ns) => {
                 let guard = ns
                     .enter()
                     .map_err(|e| kernel("cannot enter the pod network namespace", e))?;
-                let res = (|| -> CniResult<()> {
+                let found = (|| -> CniResult<Option<(Netlink, LinkSummary)>> {
                     let mut pod = Netlink::open()?;
-                    if let Some(l) = pod.link_by_name(ifname)?
-                        && l.kind.as_deref() == Some("veth")
-                    {
-                        pod.delete_link(l.index)?;
-                    }
-                    Ok(())
+                    mark("del: enter+socket");
+                    Ok(pod
+                        .link_by_name(ifname)?
+                        .filter(|l| l.kind.as_deref() == Some("veth"))
+                        .map(|l| (pod, l)))
                 })();
                 drop(guard);
-                res?;
+                if let Some((mut pod, l)) = found? {
+                    mark("del: lookup");
+                    match (events.as_mut(), host_end) {
+                        (Some(events), Some((name, index)))
+                            if l.link == Some(index) && is_workload_iface(name) =>
+                        {
+                            teardown::delete_veth_detached(
+                                pod,
+                                l.index,
+                                events,
+                                index,
+                                DEL_TIMEOUT,
+                            )?;
+                            mark("del: pair unlisted");
+                            return Ok(());
+                        }
+                        _ => pod.delete_link(l.index)?,
+                    }
+                    mark("del: delete link");
+                }
             }
             Err(e) if e.is_not_found() => debug!(netns = %path.display(), "netns already gone"),
             Err(e) => return Err(kernel("cannot open the pod network namespace", e)),
@@ -388,17 +456,28 @@ pub fn check(host: &mut Netlink, exp: &Attachment<'_>) -> CniResult<()> {
     Ok(())
 }
 
+/// Addresses from the documentation ranges (RFC 5737, RFC 3849): no node
+/// routes them more specifically than by its default route, so the route
+/// the kernel picks for them is the default route.
+const PROBE_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+const PROBE_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+
 /// The MTU to give pods: that of the interface of the node's default route
 /// (IPv4, else IPv6), else the smallest MTU among the node's other up
-/// interfaces, else 1500. The common case costs a route dump and one link
-/// lookup, never a dump of every link (hundreds of veths on a busy node).
+/// interfaces, else 1500. The common case costs one route lookup and one
+/// link lookup, whatever the number of routes (one per pod) or links; a
+/// lookup that does not land on a single-path default route of the main
+/// table falls back to reading the table.
 pub fn uplink_mtu(host: &mut Netlink) -> CniResult<u32> {
-    for v6 in [false, true] {
-        let default_oif = host
-            .routes(v6, TABLE_MAIN)?
-            .into_iter()
-            .find(|r| r.dst.prefix_len() == 0 && r.oif.is_some())
-            .and_then(|r| r.oif);
+    for (v6, probe) in [(false, PROBE_V4), (true, PROBE_V6)] {
+        let default_oif = match host.route_to(probe)? {
+            Some(r) if r.dst.prefix_len() == 0 && r.table == TABLE_MAIN && r.oif.is_some() => r.oif,
+            _ => host
+                .routes(v6, TABLE_MAIN)?
+                .into_iter()
+                .find(|r| r.dst.prefix_len() == 0 && r.oif.is_some())
+                .and_then(|r| r.oif),
+        };
         if let Some(index) = default_oif
             && let Some(l) = host.link_by_index(index)?
         {

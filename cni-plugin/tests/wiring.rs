@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -107,6 +108,30 @@ fn del_is_idempotent_and_works_without_the_netns() {
     // DEL of something never added.
     n.cni("DEL", "never", None, &conf).expect_ok();
     n.assert_clean();
+}
+
+/// DEL returns once the kernel has unlisted the pair, before it has
+/// reclaimed it (`tabby_sys::teardown`): at that moment nothing of the pod
+/// may be visible, and the same pod, under the same interface names, must
+/// wire again at once.
+#[test]
+fn nothing_of_a_deleted_pod_is_visible_when_del_returns() {
+    let n = Node::new("delv");
+    let conf = n.conf("1.1.0");
+    let pod = Netns::new("delv-p");
+    for i in 0..20 {
+        let res = n.cni("ADD", "v1", Some(&pod.path()), &conf).expect_ok();
+        let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+        n.cni("DEL", "v1", Some(&pod.path()), &conf).expect_ok();
+        // Checked in-process first: the sooner, the better the test.
+        let sysctls = n.node.run(|| {
+            ["ipv4", "ipv6"].map(|f| Path::new(&format!("/proc/sys/net/{f}/conf/{host}")).exists())
+        });
+        assert_eq!(sysctls, [false, false], "round {i}: sysctls of {host} left");
+        n.assert_clean();
+        let links = pod.ok("ip -o link show");
+        assert!(!links.contains("eth0"), "round {i}: pod end left:\n{links}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod netns;
 pub mod source_guard;
 pub mod sysctl;
 pub mod tcp_md5;
+pub mod teardown;
 
 pub use netlink::{LinkSummary, Netlink, NetlinkError, RouteSpec};
 pub use netns::{NetNs, NetNsError, NetNsGuard};

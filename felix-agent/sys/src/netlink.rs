@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netlink_packet_core::DefaultNla;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -24,7 +24,8 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -101,6 +102,8 @@ pub struct LinkSummary {
     pub kind: Option<String>,
     /// Loopback device.
     pub loopback: bool,
+    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    pub link: Option<u32>,
 }
 
 /// A route, in the subset of fields tabby reads and writes.
@@ -147,6 +150,17 @@ pub struct VethSpec<'a> {
     pub peer_mac: Option<[u8; 6]>,
     /// MTU of both ends.
     pub mtu: u32,
+}
+
+/// What the kernel reports about a veth end it has just created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedVeth {
+    /// Index of the end created in the calling socket's namespace.
+    pub index: u32,
+    /// Its MAC address.
+    pub mac: Option<[u8; 6]>,
+    /// Index of the other end, in the peer namespace (`IFLA_LINK`).
+    pub peer_index: Option<u32>,
 }
 
 /// A synchronous rtnetlink socket bound to the namespace it was opened in.
@@ -328,7 +342,15 @@ impl Netlink {
 
     /// Creates a veth pair: `spec.name` here, `spec.peer_name` directly in the
     /// peer namespace, so that no half of the pair ever appears elsewhere.
-    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+    ///
+    /// The request asks the kernel to echo the new link (`NLM_F_ECHO`,
+    /// honoured by `RTM_NEWLINK` since Linux 6.1), which carries its index,
+    /// its MAC and the peer's index: no lookups afterwards. `None` when the
+    /// kernel does not echo; the caller then looks the ends up by name.
+    pub fn create_veth(
+        &mut self,
+        spec: &VethSpec<'_>,
+    ) -> Result<Option<CreatedVeth>, NetlinkError> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(spec.peer_name.to_string()));
@@ -342,16 +364,38 @@ impl Netlink {
         msg.attributes
             .push(LinkAttribute::IfName(spec.name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        // One queue each way, as the kernel would settle on anyway: asked
+        // for explicitly, each end is allocated with one instead of one per
+        // CPU and then shrunk, and the shrinking costs an expedited RCU
+        // grace period per end, under RTNL (veth_init_queues).
+        for m in [&mut peer, &mut msg] {
+            m.attributes.push(LinkAttribute::NumTxQueues(1));
+            m.attributes.push(LinkAttribute::NumRxQueues(1));
+        }
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         let op = format!("create veth {} (peer {})", spec.name, spec.peer_name);
-        self.request(
+        let seq = self.send(
             &op,
             RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK | NLM_F_ECHO,
+        )?;
+        let mut created = None;
+        self.receive(&op, seq, |m| {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                let summary = summarize_link(&l);
+                if summary.name == spec.name {
+                    created = Some(CreatedVeth {
+                        index: summary.index,
+                        mac: summary.mac,
+                        peer_index: summary.link,
+                    });
+                }
+            }
+        })?;
+        Ok(created)
     }
 
     /// Sets a link administratively up.
@@ -483,6 +527,31 @@ impl Netlink {
             })
             .filter(|r| r.table == table)
             .collect())
+    }
+
+    /// The routing table entry the kernel would use to reach `dst` (a FIB
+    /// lookup, policy rules included, answered with the matching entry's
+    /// prefix: `RTM_F_FIB_MATCH`); `None` when nothing matches. One
+    /// request, whatever the size of the table.
+    pub fn route_to(&mut self, dst: IpAddr) -> Result<Option<RouteSpec>, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family_of(dst);
+        req.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        req.header.flags = RouteFlags::FibMatch;
+        req.attributes
+            .push(RouteAttribute::Destination(route_address(dst)));
+        let op = format!("look up the route to {dst}");
+        let seq = self.send(&op, RouteNetlinkMessage::GetRoute(req), NLM_F_ACK)?;
+        let mut found = None;
+        match self.receive(&op, seq, |m| {
+            if let RouteNetlinkMessage::NewRoute(r) = m {
+                found = parse_route(&r);
+            }
+        }) {
+            Ok(()) => Ok(found),
+            Err(e) if matches!(e.errno(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Installs a permanent neighbour entry, so that the address never
@@ -738,11 +807,13 @@ fn summarize_link(l: &LinkMessage) -> LinkSummary {
         up: l.header.flags.contains(LinkFlags::Up),
         kind: None,
         loopback: l.header.flags.contains(LinkFlags::Loopback),
+        link: None,
     };
     for a in &l.attributes {
         match a {
             LinkAttribute::IfName(n) => s.name = n.clone(),
             LinkAttribute::Mtu(m) => s.mtu = *m,
+            LinkAttribute::Link(i) => s.link = Some(*i),
             LinkAttribute::Address(mac) if mac.len() == 6 => {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(mac);
