@@ -467,3 +467,54 @@ fn bad_input_is_refused_before_anything_changes() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
 }
+
+#[test]
+fn the_crds_and_the_tenant_isolation_example_apply_to_a_lab_and_isolate() {
+    let lab = Lab::up(3);
+    let root = repo_root();
+    let file = |p: &str| root.join(p).to_string_lossy().into_owned();
+    lab.ok(&[
+        "apply",
+        "-f",
+        &file("manifests/crds.yaml"),
+        "-f",
+        &file("tests/lab-demo.yaml"),
+    ]);
+    let pods = [
+        "tenant-a/web",
+        "tenant-a/api",
+        "tenant-b/web",
+        "monitoring/prometheus",
+        "kube-system/coredns",
+    ];
+    let open = lab.probe(80, "TCP");
+    let bad = mismatches_of(&open, &pods, |_, _| true);
+    assert!(bad.is_empty(), "before the policies: {bad:#?}");
+    lab.ok(&[
+        "apply",
+        "-f",
+        &file("manifests/examples/tenant-isolation.yaml"),
+    ]);
+    let tenant_a = |p: &str| ns(p) == "tenant-a";
+    let m = lab.probe(80, "TCP");
+    let bad = mismatches_of(&m, &pods, |f, t| {
+        if f == t {
+            return true;
+        }
+        let egress_ok = !tenant_a(f) || tenant_a(t);
+        let ingress_ok = !tenant_a(t) || tenant_a(f) || ns(f) == "monitoring";
+        egress_ok && ingress_ok
+    });
+    assert!(bad.is_empty(), "tenant isolation on TCP 80: {bad:#?}");
+    let dns = lab.probe(53, "UDP");
+    for p in ["tenant-a/web", "tenant-a/api"] {
+        assert_eq!(
+            dns["matrix"][p]["kube-system/coredns"], true,
+            "{p} resolves names"
+        );
+    }
+    assert_eq!(
+        dns["matrix"]["monitoring/prometheus"]["kube-system/coredns"],
+        true
+    );
+}

@@ -146,7 +146,17 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
         };
         let (api, kind) = (field("apiVersion"), field("kind"));
         let obj = match (api.as_str(), kind.as_str()) {
-            ("v1", "Namespace") => LabObject::Namespace(Box::new(typed(value).map_err(err)?)),
+            ("v1", "Namespace") => {
+                let mut ns: Namespace = typed(value).map_err(err)?;
+                // As the API server does for every namespace: policies
+                // select namespaces by this label.
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                ns.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert("kubernetes.io/metadata.name".into(), name);
+                LabObject::Namespace(Box::new(ns))
+            }
             ("v1", "Pod") => {
                 let mut pod: Pod = typed(value).map_err(err)?;
                 pod.metadata.namespace = Some(ns_of(&pod.metadata).to_string());
@@ -334,6 +344,14 @@ spec: {}
             ]
         );
         assert_eq!(objs[1].file_name().unwrap(), "pod_default_a.json");
+        let LabObject::Namespace(ns) = &objs[0] else {
+            panic!()
+        };
+        assert_eq!(
+            ns.metadata.labels.as_ref().unwrap()["kubernetes.io/metadata.name"],
+            "x",
+            "set as the API server does"
+        );
         assert_eq!(objs[5].file_name(), None);
     }
 

@@ -210,9 +210,18 @@ pub fn ns(p: &str) -> &str {
 
 /// The differences between a probe's matrix and `expect(from, to)`.
 pub fn mismatches(probe: &Value, expect: impl Fn(&str, &str) -> bool) -> Vec<String> {
+    mismatches_of(probe, &PODS, expect)
+}
+
+/// The differences between a probe's matrix over `pods` and `expect(from, to)`.
+pub fn mismatches_of(
+    probe: &Value,
+    pods: &[&str],
+    expect: impl Fn(&str, &str) -> bool,
+) -> Vec<String> {
     let mut out = Vec::new();
-    for f in PODS {
-        for t in PODS {
+    for &f in pods {
+        for &t in pods {
             let got = probe["matrix"][f][t].as_bool();
             if got != Some(expect(f, t)) {
                 out.push(format!("{f} -> {t}: got {got:?}, want {}", expect(f, t)));
@@ -220,6 +229,11 @@ pub fn mismatches(probe: &Value, expect: impl Fn(&str, &str) -> bool) -> Vec<Str
         }
     }
     out
+}
+
+/// The repository's root (for the manifests under test).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Polls `cond` every 100 ms until it holds or `secs` pass.
