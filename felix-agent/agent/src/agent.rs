@@ -68,6 +68,10 @@ pub struct Agent {
     bgp_config: Option<BGPConfigurationSpec>,
     /// BGPPeer objects by name.
     bgp_peers: BTreeMap<String, BGPPeerSpec>,
+    /// The node's blocks changed: reconcile routes at the next tick rather
+    /// than within the periodic 10 s (the blackholes, and in a cluster the
+    /// NetworkUnavailable condition, wait on it).
+    routes_dirty: bool,
     /// The last datastore barrier delivered, and the last one programmed.
     barrier_seen: Option<u64>,
     barrier_done: Option<u64>,
@@ -162,6 +166,7 @@ impl Agent {
             nodes: BTreeMap::new(),
             bgp_config: None,
             bgp_peers: BTreeMap::new(),
+            routes_dirty: false,
             barrier_seen: None,
             barrier_done: None,
             netlink: None,
@@ -501,6 +506,7 @@ impl Agent {
             error!(error = %e, "cannot write the blocks file");
         }
         self.blocks = blocks;
+        self.routes_dirty = true;
     }
 
     /// Reads the CNI plugin's endpoint records and adopts what changed
@@ -811,7 +817,8 @@ pub async fn run(
                     if ticks.is_multiple_of(4) {
                         agent.check_tamper();
                     }
-                    if changed || ticks % 20 == 1 {
+                    if changed || agent.routes_dirty || ticks % 20 == 1 {
+                        agent.routes_dirty = false;
                         agent.reconcile_routes();
                     }
                 });
