@@ -12,7 +12,7 @@ pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -748,15 +748,7 @@ fn create_pod(
         if !rec.ports.is_empty() {
             rec.server_pid = Some(start_server(layout, state, &rec)?);
         }
-        sys::write_atomic(
-            &pod_record_path(layout, &rec.namespace, &rec.name),
-            serde_json::to_string_pretty(&rec)?.as_bytes(),
-        )?;
-        write_manifest(
-            layout,
-            &object_file("pod", &rec.namespace, &rec.name),
-            &pod_manifest(pod, &rec, node_state.ip)?,
-        )
+        save_pod(layout, &rec, pod, node_state.ip)
     });
     if let Err(e) = wired {
         // Nothing half made: the plugin undoes its own partial ADD, and a
@@ -783,16 +775,20 @@ fn update_pod(layout: &Layout, state: &LabState, rec: &PodRecord, pod: &Pod) -> 
         if !rec.ports.is_empty() {
             rec.server_pid = Some(start_server(layout, state, &rec)?);
         }
-        sys::write_atomic(
-            &pod_record_path(layout, &rec.namespace, &rec.name),
-            serde_json::to_string_pretty(&rec)?.as_bytes(),
-        )?;
     }
-    let node = node_of(state, &rec.node)?;
+    save_pod(layout, &rec, pod, node_of(state, &rec.node)?.ip)
+}
+
+/// Writes the lab's record of a pod, then the Pod the agents read.
+fn save_pod(layout: &Layout, rec: &PodRecord, pod: &Pod, host_ip: Ipv4Addr) -> anyhow::Result<()> {
+    sys::write_atomic(
+        &pod_record_path(layout, &rec.namespace, &rec.name),
+        serde_json::to_string_pretty(rec)?.as_bytes(),
+    )?;
     write_manifest(
         layout,
         &object_file("pod", &rec.namespace, &rec.name),
-        &pod_manifest(pod, &rec, node.ip)?,
+        &pod_manifest(pod, rec, host_ip)?,
     )
 }
 
@@ -834,8 +830,8 @@ fn cni(
         .parent()
         .map(|p| format!("{}:/usr/lib/cni:/opt/cni/bin", p.display()))
         .unwrap_or_default();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.netns])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.netns])
         .arg(&state.binaries.tabby)
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &rec.container_id)
@@ -848,16 +844,8 @@ fn cni(
                 "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
                 rec.namespace, rec.name, rec.container_id
             ),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running the tabby plugin")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(conf.to_string().as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
+        );
+    let out = sys::run_with_input(&mut cmd, conf.to_string().as_bytes(), "the tabby plugin")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let err: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();

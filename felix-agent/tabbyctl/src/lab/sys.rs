@@ -11,26 +11,41 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Runs `ip -n <netns> -batch -` with `lines` (one `ip` command each).
-pub fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
-    let mut child = Command::new("ip")
-        .args(["-n", netns, "-batch", "-"])
+/// Runs `cmd` with `input` on its stdin and returns its output (`what`
+/// names it in errors).
+pub fn run_with_input(
+    cmd: &mut Command,
+    input: &[u8],
+    what: &str,
+) -> anyhow::Result<std::process::Output> {
+    let mut child = cmd
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running `ip` (is iproute2 installed?)")?;
+        .with_context(|| format!("running {what}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(lines.join("\n").as_bytes())
-            .context("writing to `ip -batch`")?;
+            .write_all(input)
+            .with_context(|| format!("writing to {what}"))?;
     }
-    let out = child.wait_with_output().context("waiting for `ip`")?;
+    child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {what}"))
+}
+
+/// Runs `ip -n <netns> -batch -` with `lines` (one `ip` command each).
+pub fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
+    let script = lines.join("\n");
+    let out = run_with_input(
+        Command::new("ip").args(["-n", netns, "-batch", "-"]),
+        script.as_bytes(),
+        "`ip` (is iproute2 installed?)",
+    )?;
     if !out.status.success() {
         bail!(
-            "`ip -n {netns}` failed: {}\ncommands:\n{}",
+            "`ip -n {netns}` failed: {}\ncommands:\n{script}",
             String::from_utf8_lossy(&out.stderr).trim(),
-            lines.join("\n")
         );
     }
     Ok(())
