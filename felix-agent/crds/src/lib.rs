@@ -2,6 +2,16 @@
 //! cluster-scoped. The CRD manifests in `manifests/crds.yaml` are generated
 //! from these types (`TABBY_UPDATE_CRDS=1 cargo test -p tabby-crds`), and a
 //! test fails when they drift apart.
+//!
+//! Specs ignore fields they do not know (no `deny_unknown_fields`): in an
+//! upgrade the CRDs are updated before the agents, and an agent that refused
+//! a field added by a newer tabby would fail its whole LIST, never sync, and
+//! refuse every pod on its node. Values are checked by [`validate`] instead.
+
+pub mod password;
+pub mod validate;
+
+pub use password::{BgpPassword, Password, SecretKeyRef};
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -33,7 +43,7 @@ const CIDR_PATTERN: &str =
     plural = "bgpconfigurations",
     derive = "PartialEq"
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BGPConfigurationSpec {
     /// The AS of every node (4-octet AS numbers are fine).
     #[serde(default = "default_as_number")]
@@ -53,7 +63,7 @@ pub struct BGPConfigurationSpec {
     plural = "bgppeers",
     derive = "PartialEq"
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BGPPeerSpec {
     /// The peer's address.
     #[serde(rename = "peerIP")]
@@ -65,9 +75,12 @@ pub struct BGPPeerSpec {
     /// Only this node peers (default: every node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// TCP MD5 password (RFC 2385).
+    /// TCP MD5 password (RFC 2385): `{secretKeyRef: {name, key}}`, a key of
+    /// a Secret in the agent's namespace (an inline string is still read,
+    /// but deprecated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    #[schemars(schema_with = "password::schema")]
+    pub password: Option<BgpPassword>,
     /// The peer is a route reflector client of the nodes.
     #[serde(default)]
     pub route_reflector_client: bool,
@@ -82,7 +95,7 @@ pub struct BGPPeerSpec {
     plural = "ippools",
     derive = "PartialEq"
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IPPoolSpec {
     /// The pool.
     #[schemars(regex(pattern = CIDR_PATTERN))]
