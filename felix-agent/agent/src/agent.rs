@@ -25,6 +25,7 @@ use crate::bgp::{BgpIntent, PeerIntent};
 use crate::datastore::{Event, Kind, Object, ObjectRef};
 use crate::metrics::Metrics;
 use crate::nft::{self, Compiled, EndpointState};
+use crate::peer_secrets::PeerSecrets;
 use crate::routes::{self, EndpointRoute};
 
 /// Settings of one agent.
@@ -68,6 +69,8 @@ pub struct Agent {
     bgp_config: Option<BGPConfigurationSpec>,
     /// BGPPeer objects by name.
     bgp_peers: BTreeMap<String, BGPPeerSpec>,
+    /// The Secrets of the agent's namespace (BGP passwords).
+    peer_secrets: PeerSecrets,
     /// The node's blocks changed: reconcile routes at the next tick rather
     /// than within the periodic 10 s (the blackholes, and in a cluster the
     /// NetworkUnavailable condition, wait on it).
@@ -166,6 +169,7 @@ impl Agent {
             nodes: BTreeMap::new(),
             bgp_config: None,
             bgp_peers: BTreeMap::new(),
+            peer_secrets: PeerSecrets::default(),
             routes_dirty: false,
             barrier_seen: None,
             barrier_done: None,
@@ -277,6 +281,10 @@ impl Agent {
                 let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
                 self.bgp_peers.retain(|n, _| keep.contains(n));
             }
+            Kind::Secret => {
+                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
+                self.peer_secrets.retain(&keep);
+            }
         }
     }
 
@@ -316,6 +324,7 @@ impl Agent {
                 let name = p.metadata.name.clone().unwrap_or_default();
                 self.bgp_peers.insert(name, p.spec);
             }
+            Object::Secret(s) => self.peer_secrets.apply(*s),
         }
     }
 
@@ -398,6 +407,7 @@ impl Agent {
             Kind::BgpPeer => {
                 self.bgp_peers.remove(&r.name);
             }
+            Kind::Secret => self.peer_secrets.remove(&r.name),
         }
     }
 
@@ -447,6 +457,15 @@ impl Agent {
             if self.nodes.get(&self.cfg.node_name) == Some(&Some(address)) {
                 continue;
             }
+            let password = match self.peer_secrets.resolve(p.password.as_ref()) {
+                Ok(pw) => pw,
+                Err(e) => {
+                    // Peering without the key the admin asked for would be
+                    // refused by the peer anyway.
+                    warn!(peer = %name, error = %e, "not peering until the BGPPeer's password can be read");
+                    continue;
+                }
+            };
             // An explicit peer wins over the mesh entry for the same
             // address (say, a node that is also a route reflector).
             peers.insert(
@@ -455,7 +474,7 @@ impl Agent {
                     address,
                     asn: p.as_number,
                     port: 179,
-                    password: p.password.clone().filter(|s| !s.is_empty()),
+                    password,
                     rr_client: p.route_reflector_client,
                     mesh: false,
                 },
@@ -894,7 +913,7 @@ status: {addresses: [{type: InternalIP, address: 10.0.0.3}]}
                     p.asn,
                     p.mesh,
                     p.rr_client,
-                    p.password.clone(),
+                    p.password.as_ref().map(|p| p.expose().to_string()),
                 )
             })
             .collect()

@@ -15,6 +15,7 @@ use tabby_bgp::config::{Config, PeerConfig};
 use tabby_bgp::fib::FibInstaller;
 use tabby_bgp::speaker::{RibEvent, Speaker, SpeakerHandle};
 use tabby_common::naming::RTPROT_TABBY_BGP;
+use tabby_crds::password::Password;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -41,8 +42,8 @@ pub struct PeerIntent {
     pub asn: u32,
     /// TCP port to connect to.
     pub port: u16,
-    /// TCP MD5 password.
-    pub password: Option<String>,
+    /// TCP MD5 password (never printed: `Debug` shows `<redacted>`).
+    pub password: Option<Password>,
     /// A route reflector client of this node.
     pub rr_client: bool,
     /// Another node of the mesh (else an external peer from a BGPPeer).
@@ -66,7 +67,7 @@ fn peer_configs(peers: &[PeerIntent]) -> Vec<PeerConfig> {
         .map(|p| {
             let mut c = PeerConfig::new(p.address, p.asn);
             c.port = p.port;
-            c.password = p.password.clone();
+            c.password = p.password.as_ref().map(|p| p.expose().to_string());
             c.rr_client = p.rr_client;
             // Upstream routers get this node's blocks only: the other
             // nodes announce their own, and a node must never become the

@@ -9,5 +9,6 @@ pub mod install;
 pub mod metrics;
 pub mod nft;
 pub mod node_status;
+pub mod peer_secrets;
 pub mod routes;
 pub mod server;

@@ -19,6 +19,39 @@ impl Counter {
     }
 }
 
+/// Counters by a label value (`tabby_invalid_objects_total{kind}`).
+#[derive(Debug, Default)]
+pub struct LabeledCounter(Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl LabeledCounter {
+    /// Adds one to `label`'s count.
+    pub fn inc(&self, label: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(label.to_string()).or_default() += 1;
+        }
+    }
+
+    /// The count of `label`.
+    pub fn get(&self, label: &str) -> u64 {
+        self.0
+            .lock()
+            .map(|m| m.get(label).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+/// The kinds `tabby_invalid_objects_total` always shows, at 0 until one is
+/// refused (so that a rate over them exists from the start).
+const OBJECT_KINDS: [&str; 7] = [
+    "BGPConfiguration",
+    "BGPPeer",
+    "Namespace",
+    "NetworkPolicy",
+    "Node",
+    "Pod",
+    "Secret",
+];
+
 /// Upper bounds (seconds) of the programming latency histogram.
 const BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
@@ -74,6 +107,8 @@ pub struct Metrics {
     pub dataplane_errors: Counter,
     /// Full resyncs after the table was tampered with.
     pub resyncs: Counter,
+    /// Objects refused at the datastore boundary, by kind.
+    pub invalid_objects: LabeledCounter,
     status: Mutex<String>,
 }
 
@@ -165,6 +200,17 @@ impl Metrics {
             "# HELP tabby_resyncs_total Full resyncs after the table was changed by someone else.\n# TYPE tabby_resyncs_total counter\ntabby_resyncs_total {}\n",
             self.resyncs.get()
         ));
+        out.push_str("# HELP tabby_invalid_objects_total Objects refused by validation (the last valid version stays in force), by kind.\n# TYPE tabby_invalid_objects_total counter\n");
+        if let Ok(counts) = self.invalid_objects.0.lock() {
+            let mut kinds: std::collections::BTreeSet<&str> = OBJECT_KINDS.into_iter().collect();
+            kinds.extend(counts.keys().map(String::as_str));
+            for kind in kinds {
+                let n = counts.get(kind).copied().unwrap_or(0);
+                out.push_str(&format!(
+                    "tabby_invalid_objects_total{{kind=\"{kind}\"}} {n}\n"
+                ));
+            }
+        }
         out.push_str("# HELP tabby_dropped_packets_total Packets dropped by policy, per endpoint and direction.\n# TYPE tabby_dropped_packets_total counter\n");
         for (chain, n) in drops {
             let (dir, iface) = match chain.split_once('_') {
@@ -196,6 +242,7 @@ mod tests {
         assert!(text.contains("tabby_programming_seconds_bucket{le=\"0.002\"} 0\n"));
         assert!(text.contains("tabby_programming_seconds_count 1\n"));
         assert!(text.contains("tabby_dataplane_errors_total 1\n"));
+        assert!(text.contains("tabby_invalid_objects_total{kind=\"NetworkPolicy\"} 0\n"));
         assert!(text.contains(
             "tabby_dropped_packets_total{interface=\"tab0123456789ab\",direction=\"ingress\"} 7\n"
         ));

@@ -61,6 +61,17 @@
 //!   kinds have no useful filter: every agent needs all of them.
 //! - `managedFields` are dropped on receipt (agent memory only).
 //!
+//! - Secrets: the agent never lists or watches them. It GETs, in its own
+//!   namespace, only the Secrets that BGPPeers name in
+//!   `spec.password.secretKeyRef`, when that set changes and every
+//!   [`SECRET_REFRESH`] (a few GETs a minute per agent when BGP passwords
+//!   are used, none otherwise). RBAC grants `get` on those names only.
+//!
+//! Every object is validated on receipt ([`check`]): an invalid one is
+//! logged, counted and dropped, and a list holding one is delivered as
+//! `Apply`s and a `Prune` that still names it, so its last valid version
+//! stays in force.
+//!
 //! Not bounded: the fan-out itself, and a proxy that answers every WATCH
 //! with an empty 200 and closes it, which kube re-watches at once (no error
 //! to back off on; client-go waits 1 s there). Spacing WATCHes needs a
@@ -74,23 +85,31 @@
 //! change none of them (node heartbeats, pod conditions), which removes
 //! most node traffic. The cost: one more component and hop.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, DefaultBackoff};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
+use tabby_crds::password::{BgpPassword, SecretPasswords};
 use tabby_crds::{BGPConfiguration, BGPPeer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{DatastoreError, Event, Kind, Object};
+use super::{DatastoreError, Event, Kind, Object, ObjectRef, check};
+use crate::metrics::Metrics;
+
+/// How often the Secrets that BGPPeers name are read again (a changed
+/// password reaches the sessions within this time).
+pub const SECRET_REFRESH: Duration = Duration::from_secs(30);
 
 /// Pods that can never carry traffic again: their addresses are released
 /// and may already belong to another pod, so they must not reach the index.
@@ -103,6 +122,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The Kubernetes datastore: watches the API server with kube-rs.
 pub struct KubeDatastore {
     client: Client,
+    metrics: Arc<Metrics>,
+    namespace: Option<String>,
 }
 
 impl KubeDatastore {
@@ -132,7 +153,24 @@ impl KubeDatastore {
 
     /// From an existing client (tests point it at a fake API server).
     pub fn from_client(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            metrics: Arc::new(Metrics::default()),
+            namespace: None,
+        }
+    }
+
+    /// Counts refused objects in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The agent's namespace, where the Secrets BGPPeers name live
+    /// (default: the client's, in a cluster the service account's).
+    pub fn with_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     /// The client, for writes that go with the watches (the Node's status).
@@ -148,15 +186,149 @@ impl KubeDatastore {
         // Four futures on one task rather than four spawned tasks: nothing
         // outlives `run`, and a full channel holds back only the kind that
         // is sending.
+        let m = &self.metrics;
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| self.client.default_namespace().to_string());
+        // BGPPeers pass through a task that learns which Secrets they name.
+        let (peer_tx, peer_rx) = mpsc::channel(64);
+        let (names_tx, names_rx) = watch::channel(BTreeSet::new());
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         tokio::join!(
-            watch_kind::<Pod>(self.client.clone(), tx.clone()),
-            watch_kind::<Namespace>(self.client.clone(), tx.clone()),
-            watch_kind::<NetworkPolicy>(self.client.clone(), tx.clone()),
-            watch_kind::<Node>(self.client.clone(), tx.clone()),
-            watch_kind::<BGPConfiguration>(self.client.clone(), tx.clone()),
-            watch_kind::<BGPPeer>(self.client, tx),
+            watch_kind::<Pod>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<Namespace>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<NetworkPolicy>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<Node>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<BGPConfiguration>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<BGPPeer>(self.client.clone(), peer_tx, m.clone()),
+            follow_peer_secrets(peer_rx, tx.clone(), names_tx),
+            read_secrets(secrets, names_rx, tx, m.clone()),
         );
     }
+}
+
+/// The Secret a BGPPeer's password is in, if any.
+fn secret_of(o: &Object) -> Option<(String, String)> {
+    match o {
+        Object::BgpPeer(p) => match &p.spec.password {
+            Some(BgpPassword::SecretKeyRef { secret_key_ref }) => {
+                Some((o.reference().name, secret_key_ref.name.clone()))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Passes BGPPeer events on, keeping `names` at the set of Secrets they
+/// name.
+async fn follow_peer_secrets(
+    mut rx: mpsc::Receiver<Event>,
+    tx: mpsc::Sender<Event>,
+    names: watch::Sender<BTreeSet<String>>,
+) {
+    let mut by_peer: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let ev = tokio::select! {
+            () = tx.closed() => return,
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => return,
+            },
+        };
+        match &ev {
+            Event::Reset(_, objects) => {
+                by_peer = objects.iter().filter_map(secret_of).collect();
+            }
+            Event::Prune(_, keep) => {
+                let keep: BTreeSet<&str> = keep.iter().map(|r| r.name.as_str()).collect();
+                by_peer.retain(|p, _| keep.contains(p.as_str()));
+            }
+            Event::Apply(o) => {
+                by_peer.remove(&o.reference().name);
+                by_peer.extend(secret_of(o));
+            }
+            Event::Delete(r) => {
+                by_peer.remove(&r.name);
+            }
+            Event::Barrier(_) => {}
+        }
+        let wanted: BTreeSet<String> = by_peer.values().cloned().collect();
+        names.send_if_modified(|n| {
+            let changed = *n != wanted;
+            *n = wanted;
+            changed
+        });
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// GETs the Secrets in `names` (nothing else: RBAC allows only them) when
+/// the set changes and every [`SECRET_REFRESH`], and sends them as one
+/// `Reset` whenever what they hold changed. A Secret that cannot be read
+/// keeps its last value; one that is gone (404) is dropped.
+async fn read_secrets(
+    api: Api<Secret>,
+    mut names: watch::Receiver<BTreeSet<String>>,
+    tx: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+) {
+    let span = info_span!(
+        "kube_secrets",
+        namespace = api.namespace().unwrap_or_default()
+    );
+    async move {
+        let mut known: BTreeMap<String, SecretPasswords> = BTreeMap::new();
+        let mut sent: Option<Vec<SecretPasswords>> = None;
+        let mut tick = tokio::time::interval(SECRET_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wanted = names.borrow_and_update().clone();
+            known.retain(|n, _| wanted.contains(n));
+            for name in &wanted {
+                match api.get_opt(name).await {
+                    Ok(Some(secret)) => match check::secret(&secret) {
+                        Ok(Object::Secret(p)) => {
+                            known.insert(name.clone(), *p);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let r = ObjectRef {
+                                kind: Kind::Secret,
+                                namespace: api.namespace().map(str::to_string),
+                                name: name.clone(),
+                            };
+                            check::refused(&metrics, "the API server", &r, &e);
+                        }
+                    },
+                    Ok(None) => {
+                        if known.remove(name).is_some() || sent.is_none() {
+                            warn!(secret = %name, "a Secret named by a BGPPeer does not exist");
+                        }
+                    }
+                    Err(e) => warn!(secret = %name, error = %e, "cannot read a Secret named by a BGPPeer; keeping what was read before"),
+                }
+            }
+            let now: Vec<SecretPasswords> = known.values().cloned().collect();
+            if sent.as_ref() != Some(&now) {
+                let objects = now.iter().cloned().map(|p| Object::Secret(Box::new(p))).collect();
+                if tx.send(Event::Reset(Kind::Secret, objects)).await.is_err() {
+                    return;
+                }
+                sent = Some(now);
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                changed = names.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 /// A kind the datastore watches.
@@ -324,12 +496,46 @@ fn is_not_found(err: &watcher::Error) -> bool {
 }
 
 /// Watches one kind until `tx` is closed.
-async fn watch_kind<K: Watched>(client: Client, tx: mpsc::Sender<Event>) {
+async fn watch_kind<K: Watched>(client: Client, tx: mpsc::Sender<Event>, metrics: Arc<Metrics>) {
     let span = info_span!("kube_watch", kind = ?K::KIND);
-    watch_loop::<K>(Api::all(client), tx).instrument(span).await;
+    watch_loop::<K>(Api::all(client), tx, metrics)
+        .instrument(span)
+        .await;
 }
 
-async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>) {
+/// Drops invalid objects (logged and counted). A list that held one
+/// becomes `Apply`s and a `Prune` naming every listed object, so the
+/// consumer keeps the last valid version of the invalid ones.
+fn screen(event: Event, metrics: &Metrics) -> Vec<Event> {
+    let refuse = |o: &Object| match check::check(o) {
+        Ok(()) => false,
+        Err(e) => {
+            check::refused(metrics, "the API server", &o.reference(), &e);
+            true
+        }
+    };
+    match event {
+        Event::Apply(o) if refuse(&o) => Vec::new(),
+        Event::Reset(kind, objects) => {
+            let bad: Vec<bool> = objects.iter().map(|o| refuse(o)).collect();
+            if !bad.contains(&true) {
+                return vec![Event::Reset(kind, objects)];
+            }
+            let keep = objects.iter().map(Object::reference).collect();
+            let mut out: Vec<Event> = objects
+                .into_iter()
+                .zip(bad)
+                .filter(|(_, bad)| !bad)
+                .map(|(o, _)| Event::Apply(o))
+                .collect();
+            out.push(Event::Prune(kind, keep));
+            out
+        }
+        other => vec![other],
+    }
+}
+
+async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>, metrics: Arc<Metrics>) {
     let config = K::config();
     let mut resync = Resync::new(K::KIND);
     // Called once per error and never reset on success (see the module
@@ -351,9 +557,11 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>) {
                 Some(Ok(event)) => {
                     if let Some(event) = resync.step(event) {
                         reported_missing = false;
-                        log_event(&event);
-                        if tx.send(event).await.is_err() {
-                            return;
+                        for event in screen(event, &metrics) {
+                            log_event(&event);
+                            if tx.send(event).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     continue;
@@ -488,5 +696,50 @@ mod tests {
             kube::Error::Api(Box::new(other))
         )));
         assert!(!is_gone(&watcher::Error::NoResourceVersion));
+    }
+
+    #[test]
+    fn an_invalid_object_from_the_api_server_is_dropped_and_counted() {
+        let m = Metrics::default();
+        let mut bad = NetworkPolicy::default();
+        bad.metadata.name = Some("p".into());
+        bad.metadata.namespace = Some("x".into());
+        bad.spec =
+            Some(serde_json::from_str(r#"{"ingress": [{"ports": [{"port": 70000}]}]}"#).unwrap());
+        let mut good = bad.clone();
+        good.metadata.name = Some("q".into());
+        good.spec = None;
+        let apply = screen(
+            Event::Apply(Object::NetworkPolicy(Box::new(bad.clone()))),
+            &m,
+        );
+        assert_eq!(apply, vec![]);
+        assert_eq!(m.invalid_objects.get("NetworkPolicy"), 1);
+        // In a list: the valid ones applied, then a prune that keeps the
+        // invalid one's last valid version.
+        let list = screen(
+            Event::Reset(
+                Kind::NetworkPolicy,
+                vec![
+                    Object::NetworkPolicy(Box::new(bad)),
+                    Object::NetworkPolicy(Box::new(good.clone())),
+                ],
+            ),
+            &m,
+        );
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0], Event::Apply(Object::NetworkPolicy(Box::new(good))));
+        let Event::Prune(Kind::NetworkPolicy, keep) = &list[1] else {
+            panic!("{list:?}");
+        };
+        let names: Vec<&str> = keep.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["p", "q"]);
+        assert_eq!(m.invalid_objects.get("NetworkPolicy"), 2);
+        // A valid list stays a reset.
+        let ok = screen(
+            Event::Reset(Kind::Pod, vec![Object::Pod(Box::new(pod("a")))]),
+            &m,
+        );
+        assert!(matches!(ok.as_slice(), [Event::Reset(Kind::Pod, _)]));
     }
 }

@@ -1,6 +1,6 @@
 //! The datastore: where the agent learns about Pods, Namespaces,
 //! NetworkPolicies, Nodes and tabby's BGP resources (BGPConfiguration,
-//! BGPPeer). Two backends produce the same stream of
+//! BGPPeer) and the Secrets that BGPPeers name. Two backends produce the same stream of
 //! [`Event`]s: Kubernetes (watchers) and a directory of manifests (the lab,
 //! standalone nodes, tests).
 //!
@@ -9,12 +9,19 @@
 //! consumer knew of that kind (a watcher's initial list or relist), so a
 //! partial snapshot is never used to prune. Deletes may be lost across a
 //! relist; the consumer reconciles from the reset, not from events.
+//!
+//! Every object is validated where it enters ([`check`]), as the API server
+//! would: an invalid object is logged with its field errors, counted in
+//! `tabby_invalid_objects_total{kind}`, and never delivered, so the last
+//! valid version of it stays in force.
 
+pub mod check;
 pub mod dir;
 pub mod kube;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tabby_crds::password::SecretPasswords;
 use tabby_crds::{BGPConfiguration, BGPPeer};
 
 /// The kinds the agent watches.
@@ -32,19 +39,35 @@ pub enum Kind {
     BgpConfiguration,
     /// `tabby.dev/v1alpha1/BGPPeer`.
     BgpPeer,
+    /// `v1/Secret`: only those in the agent's namespace (BGP passwords).
+    Secret,
 }
 
 impl Kind {
     /// Every kind, in the order of an initial sync (namespaces before the
     /// pods and policies that refer to them).
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Node,
         Kind::BgpConfiguration,
+        Kind::Secret,
         Kind::BgpPeer,
         Kind::Pod,
         Kind::NetworkPolicy,
     ];
+
+    /// The kind as Kubernetes spells it (the `kind` label of metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Namespace => "Namespace",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Node => "Node",
+            Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::BgpPeer => "BGPPeer",
+            Kind::Secret => "Secret",
+        }
+    }
 }
 
 /// One object of a watched kind.
@@ -62,6 +85,8 @@ pub enum Object {
     BgpConfiguration(Box<BGPConfiguration>),
     /// A BGPPeer.
     BgpPeer(Box<BGPPeer>),
+    /// A Secret, reduced to its name and values (which never print).
+    Secret(Box<SecretPasswords>),
 }
 
 impl Object {
@@ -74,6 +99,7 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::BgpConfiguration(_) => Kind::BgpConfiguration,
             Object::BgpPeer(_) => Kind::BgpPeer,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -86,6 +112,7 @@ impl Object {
             Object::Node(o) => &o.metadata,
             Object::BgpConfiguration(o) => &o.metadata,
             Object::BgpPeer(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
         }
     }
 
