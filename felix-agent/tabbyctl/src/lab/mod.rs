@@ -117,6 +117,10 @@ pub struct PodRecord {
     pub server_pid: Option<i32>,
     /// The ports it serves.
     pub ports: Vec<ServedPort>,
+    /// `hostNetwork: true`: it runs in its node's namespace with the node's
+    /// addresses (no namespace of its own, no CNI ADD).
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 fn progress(layout: &Layout, msg: impl std::fmt::Display) {
@@ -549,6 +553,8 @@ fn apply_objects(
     let pods = read_pods(layout)?;
     // Everything is checked before anything changes.
     let mut namespaces = known_namespaces(layout);
+    // As in every cluster; the agents read their Secrets there.
+    namespaces.insert("kube-system".to_string());
     for o in &objects {
         if let LabObject::Namespace(ns) = o {
             namespaces.insert(name_of(&ns.metadata).to_string());
@@ -559,6 +565,7 @@ fn apply_objects(
         let meta = match o {
             LabObject::Pod(p) => &p.metadata,
             LabObject::NetworkPolicy(p) => &p.metadata,
+            LabObject::Secret(p) => &p.metadata,
             _ => continue,
         };
         if !namespaces.contains(ns_of(meta)) {
@@ -591,6 +598,14 @@ fn apply_objects(
                     "{}: already running on {}; delete it before moving it to {n}",
                     o.describe(),
                     rec.node
+                );
+            }
+            if let Some(rec) = pods.get(&key)
+                && rec.host_network != is_host_network(p)
+            {
+                bail!(
+                    "{}: spec.hostNetwork cannot change on a running pod; delete it first",
+                    o.describe()
                 );
             }
         }
@@ -679,6 +694,11 @@ fn apply_objects(
     Ok(())
 }
 
+/// `spec.hostNetwork: true`.
+fn is_host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+}
+
 fn node_index(name: &str) -> usize {
     name.rsplit('-')
         .next()
@@ -722,6 +742,9 @@ fn create_pod(
     let namespace = ns_of(&pod.metadata).to_string();
     let name = name_of(&pod.metadata).to_string();
     let node_state = node_of(state, node)?;
+    if is_host_network(pod) {
+        return create_host_network_pod(layout, state, pod, node_state);
+    }
     let netns = layout.pod_netns(&namespace, &name);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -736,6 +759,7 @@ fn create_pod(
         container_id: format!("lab{nanos:x}"),
         server_pid: None,
         ports: served_ports(pod).map_err(|e| anyhow!(e))?,
+        host_network: false,
     };
     // A leftover of a crashed apply would make `ip netns add` fail.
     sys::delete_netns(&netns)?;
@@ -758,6 +782,39 @@ fn create_pod(
         }
         let _ = cni(layout, state, node_state, "DEL", &rec);
         let _ = sys::delete_netns(&netns);
+        let _ = sys::remove_file(&pod_record_path(layout, &rec.namespace, &rec.name));
+        return Err(e);
+    }
+    Ok(rec)
+}
+
+/// A `hostNetwork` pod, as kubelet runs one: in the node's namespace with
+/// the node's addresses; no namespace of its own and no CNI call. Its
+/// ports are served in the node's namespace.
+fn create_host_network_pod(
+    layout: &Layout,
+    state: &LabState,
+    pod: &Pod,
+    node: &NodeState,
+) -> anyhow::Result<PodRecord> {
+    let mut rec = PodRecord {
+        namespace: ns_of(&pod.metadata).to_string(),
+        name: name_of(&pod.metadata).to_string(),
+        node: node.name.clone(),
+        netns: node.netns.clone(),
+        ips: vec![node.ip.to_string(), node.ipv6.to_string()],
+        container_id: String::new(),
+        server_pid: None,
+        ports: served_ports(pod).map_err(|e| anyhow!(e))?,
+        host_network: true,
+    };
+    if !rec.ports.is_empty() {
+        rec.server_pid = Some(start_server(layout, state, &rec)?);
+    }
+    if let Err(e) = save_pod(layout, &rec, pod, node.ip) {
+        if let Some(pid) = rec.server_pid {
+            sys::stop_process(pid, Duration::from_secs(2));
+        }
         let _ = sys::remove_file(&pod_record_path(layout, &rec.namespace, &rec.name));
         return Err(e);
     }
@@ -1014,9 +1071,12 @@ fn delete_pod(layout: &Layout, state: &LabState, rec: &PodRecord) -> anyhow::Res
     if let Some(pid) = rec.server_pid {
         sys::stop_process(pid, Duration::from_secs(2));
     }
-    let node = node_of(state, &rec.node)?;
-    cni(layout, state, node, "DEL", rec)?;
-    sys::delete_netns(&rec.netns)?;
+    // A hostNetwork pod's namespace is its node's: nothing to undo there.
+    if !rec.host_network {
+        let node = node_of(state, &rec.node)?;
+        cni(layout, state, node, "DEL", rec)?;
+        sys::delete_netns(&rec.netns)?;
+    }
     sys::remove_file(
         &layout
             .manifests()
