@@ -52,15 +52,14 @@ pub fn bgp_peer(p: &BGPPeer) -> Vec<FieldError> {
     }
     match &p.spec.password {
         None => {}
-        Some(BgpPassword::Inline(pw)) => {
-            if pw.expose().len() > MAX_PASSWORD_LEN {
-                errs.push(FieldError::invalid(
-                    spec.child("password"),
-                    BadValue::Raw("<redacted>".into()),
-                    format!("must be no more than {MAX_PASSWORD_LEN} bytes"),
-                ));
-            }
+        Some(BgpPassword::Inline(pw)) if pw.expose().len() > MAX_PASSWORD_LEN => {
+            errs.push(FieldError::invalid(
+                spec.child("password"),
+                BadValue::Raw("<redacted>".into()),
+                format!("must be no more than {MAX_PASSWORD_LEN} bytes"),
+            ));
         }
+        Some(BgpPassword::Inline(_)) => {}
         Some(BgpPassword::SecretKeyRef { secret_key_ref: r }) => {
             let path = spec.child("password").child("secretKeyRef");
             if r.name.is_empty() {

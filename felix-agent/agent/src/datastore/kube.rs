@@ -517,7 +517,7 @@ fn screen(event: Event, metrics: &Metrics) -> Vec<Event> {
     match event {
         Event::Apply(o) if refuse(&o) => Vec::new(),
         Event::Reset(kind, objects) => {
-            let bad: Vec<bool> = objects.iter().map(|o| refuse(o)).collect();
+            let bad: Vec<bool> = objects.iter().map(refuse).collect();
             if !bad.contains(&true) {
                 return vec![Event::Reset(kind, objects)];
             }
