@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use lab::*;
-use tabby_tests::{Netns, require_tool};
+use tabby_tests::require_tool;
 
 #[test]
 fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_encapsulation() {
@@ -254,73 +254,6 @@ fn restarting_a_nodes_agent_keeps_its_routes_and_pod_traffic_flowing() {
                 .all(|s| s["state"] == "Established"),
             "{n}"
         );
-    }
-}
-
-/// A BIRD router in its own namespace, plugged into the lab's fabric.
-struct Router {
-    ns: Netns,
-    bird: std::process::Child,
-    ctl: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Router {
-    fn attach(lab: &Lab, conf: &str) -> Router {
-        require_tool("bird");
-        require_tool("birdc");
-        let ns = Netns::new("router");
-        let fabric = lab.fabric_netns();
-        let out = Command::new("ip")
-            .args(["-n", &fabric, "link", "add", "rtr0", "type", "veth", "peer"])
-            .args(["name", "eth0", "netns", ns.name()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        ip_in(&fabric, "link set rtr0 master br0 up");
-        ns.ok("ip link set eth0 up");
-        ns.ok("ip addr add 10.99.0.250/24 dev eth0");
-        let dir = tempfile::tempdir().unwrap();
-        let conf_path = dir.path().join("bird.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let ctl = dir.path().join("bird.ctl");
-        let bird = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "bird", "-f", "-c"])
-            .arg(&conf_path)
-            .arg("-s")
-            .arg(&ctl)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let r = Router {
-            ns,
-            bird,
-            ctl,
-            _dir: dir,
-        };
-        eventually("BIRD is up", 30, || {
-            r.cmd("show status").contains("Daemon is up")
-        });
-        r
-    }
-
-    fn cmd(&self, c: &str) -> String {
-        let out = Command::new("birdc")
-            .arg("-s")
-            .arg(&self.ctl)
-            .args(c.split_whitespace())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.bird.kill();
-        let _ = self.bird.wait();
-        let _ = &self.ns;
     }
 }
 

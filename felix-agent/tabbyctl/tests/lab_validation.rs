@@ -259,3 +259,43 @@ fn host_network_pods_run_in_their_nodes_namespace_with_its_address() {
     assert!(nodes.iter().all(|n| n["ready"] == true), "{nodes:?}");
     assert_eq!(lab.probe(80, "TCP")["matrix"]["x/a"]["y/a"], true);
 }
+
+#[test]
+fn a_bgppeer_password_from_a_secret_keys_the_session_and_never_shows() {
+    let lab = Lab::up(1);
+    let password = "md5-from-a-secret";
+    let router = Router::attach(
+        &lab,
+        &format!(
+            "router id 10.99.0.250;\nprotocol device {{ scan time 1; }}\n\
+             protocol bgp n1 {{ local 10.99.0.250 as 65000; neighbor 10.99.0.11 as 64512; password \"{password}\"; ipv4 {{ import all; export none; }}; }}\n"
+        ),
+    );
+    // The peer names the Secret; the Secret comes later: no session
+    // without the key.
+    let peer = "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.99.0.250, asNumber: 65000, password: {secretKeyRef: {name: tabby-bgp-passwords, key: tor}}}\n";
+    lab.apply(peer);
+    let log_path = lab.dir().join("nodes/node-1/agent.log");
+    eventually("the agent says the password is missing", 60, || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("not peering until the BGPPeer's password can be read")
+    });
+    assert!(!router.cmd("show protocols n1").contains("Established"));
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: tabby-bgp-passwords, namespace: kube-system}}\nstringData: {{tor: {password}}}\n"
+    ));
+    eventually("BIRD established with the key from the Secret", 120, || {
+        router.cmd("show protocols n1").contains("Established")
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.contains(password),
+        "the password is in the agent's log"
+    );
+    let status = lab.ok(&["status", "-o", "json"]);
+    assert!(!status.contains(password));
+    let agent_status =
+        std::fs::read_to_string(lab.dir().join("nodes/node-1/run/status.json")).unwrap();
+    assert!(!agent_status.contains(password), "{agent_status}");
+}

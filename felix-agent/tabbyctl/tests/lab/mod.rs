@@ -3,12 +3,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use tabby_tests::{require_root, require_tool, workspace_bin};
+use tabby_tests::{Netns, require_root, require_tool, workspace_bin};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -239,4 +239,71 @@ pub fn repo_root() -> PathBuf {
 /// Polls `cond` every 100 ms until it holds or `secs` pass.
 pub fn eventually(what: &str, secs: u64, cond: impl FnMut() -> bool) {
     tabby_tests::wait_for(what, Duration::from_secs(secs), cond);
+}
+
+/// A BIRD router in its own namespace, plugged into the lab's fabric.
+pub struct Router {
+    ns: Netns,
+    bird: std::process::Child,
+    ctl: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Router {
+    pub fn attach(lab: &Lab, conf: &str) -> Router {
+        require_tool("bird");
+        require_tool("birdc");
+        let ns = Netns::new("router");
+        let fabric = lab.fabric_netns();
+        let out = Command::new("ip")
+            .args(["-n", &fabric, "link", "add", "rtr0", "type", "veth", "peer"])
+            .args(["name", "eth0", "netns", ns.name()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        ip_in(&fabric, "link set rtr0 master br0 up");
+        ns.ok("ip link set eth0 up");
+        ns.ok("ip addr add 10.99.0.250/24 dev eth0");
+        let dir = tempfile::tempdir().unwrap();
+        let conf_path = dir.path().join("bird.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let ctl = dir.path().join("bird.ctl");
+        let bird = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "bird", "-f", "-c"])
+            .arg(&conf_path)
+            .arg("-s")
+            .arg(&ctl)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Router {
+            ns,
+            bird,
+            ctl,
+            _dir: dir,
+        };
+        eventually("BIRD is up", 30, || {
+            r.cmd("show status").contains("Daemon is up")
+        });
+        r
+    }
+
+    pub fn cmd(&self, c: &str) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.ctl)
+            .args(c.split_whitespace())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.bird.kill();
+        let _ = self.bird.wait();
+        let _ = &self.ns;
+    }
 }
