@@ -151,6 +151,7 @@ fn main() {
         agent.handle_event(Event::Reset(Kind::Node, vec![]));
         agent.handle_event(Event::Reset(Kind::BgpConfiguration, vec![]));
         agent.handle_event(Event::Reset(Kind::BgpPeer, vec![]));
+        agent.handle_event(Event::Reset(Kind::Secret, vec![]));
         agent.handle_event(Event::Reset(Kind::Pod, Vec::new()));
         for p in pods {
             agent.handle_event(Event::Apply(p));
