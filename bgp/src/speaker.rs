@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::bfd::{self, BfdHandle, Notice};
 use crate::config::{Config, PeerConfig};
 use crate::fsm::{Action, ConnId, Event, Fsm, FsmConfig, Negotiated, State, Timer};
 use crate::packet::{self, Ctx, DecodeError, Family, Message};
@@ -86,6 +87,18 @@ pub struct PeerStatus {
     pub advertised: u64,
     /// Why the session last went down or failed to connect.
     pub last_error: Option<String>,
+    /// The BFD session with this peer, when BFD is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdStatus>,
+}
+
+/// The state of a peer's BFD session, as the speaker last heard of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfdStatus {
+    /// Up or Down (AdminDown: the peer stopped BFD on purpose).
+    pub state: bfd::State,
+    /// Why it last went down.
+    pub diag: bfd::Diag,
 }
 
 /// The speaker's operational state.
@@ -211,7 +224,9 @@ impl Speaker {
             listeners.push(l);
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (bfd_tx, bfd_rx) = mpsc::unbounded_channel();
         let mut core = Core::new(config, listeners, ev_tx);
+        core.bfd_notices = Some(bfd_tx);
         let peers = core.config.peers.clone();
         core.set_peers(peers);
         for p in core.config.announce.clone() {
@@ -219,7 +234,7 @@ impl Speaker {
             core.rib.announce_local(p);
         }
         core.flush();
-        tokio::spawn(core.run(rx, ev_rx));
+        tokio::spawn(core.run(rx, ev_rx, bfd_rx));
         Ok(SpeakerHandle { tx })
     }
 }
@@ -435,6 +450,9 @@ struct Peer {
     stale_deadline: Option<Instant>,
     eor: HashSet<Family>,
     last_error: Option<String>,
+    /// BFD configured: its last known state; the session starts only while
+    /// it is Up.
+    bfd: Option<BfdStatus>,
 }
 
 struct Core {
@@ -449,6 +467,10 @@ struct Core {
     next_conn: u64,
     synced: bool,
     sync_deadline: Instant,
+    /// The BFD driver, started with the first peer that wants BFD.
+    bfd: Option<BfdHandle>,
+    /// Where the BFD driver reports sessions going up and down.
+    bfd_notices: Option<mpsc::UnboundedSender<Notice>>,
 }
 
 impl Core {
@@ -477,6 +499,8 @@ impl Core {
             announced: BTreeSet::new(),
             next_conn: 1,
             synced: false,
+            bfd: None,
+            bfd_notices: None,
         }
     }
 
@@ -484,6 +508,7 @@ impl Core {
         mut self,
         mut cmds: mpsc::UnboundedReceiver<Command>,
         mut events: mpsc::Receiver<IoEvent>,
+        mut bfd_notices: mpsc::UnboundedReceiver<Notice>,
     ) {
         loop {
             let deadline = self.next_deadline();
@@ -519,6 +544,8 @@ impl Core {
                         n += 1;
                     }
                 }
+                // Never paused: a BFD Down must take a session down at once.
+                Some(n) = bfd_notices.recv() => self.bfd_notice(n),
                 () = tokio::time::sleep_until(deadline) => self.fire_timers(),
             }
             self.check_sync();
@@ -616,9 +643,12 @@ impl Core {
                 stale_deadline: None,
                 eor: HashSet::new(),
                 last_error: None,
+                bfd: None,
             },
         ));
-        self.fsm_event(addr, Event::ManualStart);
+        if !self.start_bfd(addr) {
+            self.fsm_event(addr, Event::ManualStart);
+        }
     }
 
     fn remove_peer(&mut self, addr: IpAddr) {
@@ -632,8 +662,91 @@ impl Core {
             if p.cfg.password.is_some() {
                 self.set_md5(addr, b"");
             }
+            if p.bfd.is_some()
+                && let Some(b) = &self.bfd
+            {
+                let _ = b.remove(addr);
+            }
             self.rib.remove_peer(p.idx);
             self.rib.gc();
+        }
+    }
+
+    /// Starts the BFD session of a peer that wants one (and the driver with
+    /// the first); false when the peer has no BFD. The BGP session then
+    /// waits for BFD Up.
+    fn start_bfd(&mut self, addr: IpAddr) -> bool {
+        let Some(p) = self.peers.iter().find(|(a, _)| *a == addr).map(|(_, p)| p) else {
+            return false;
+        };
+        let Some(cfg) = p.cfg.bfd.and_then(|b| b.session_config().ok()) else {
+            return false;
+        };
+        let local = p.cfg.local_address;
+        if self.bfd.is_none()
+            && let Some(tx) = self.bfd_notices.clone()
+        {
+            match BfdHandle::start(tx) {
+                Ok(h) => self.bfd = Some(h),
+                Err(e) => warn!(error = %e, "cannot start BFD"),
+            }
+        }
+        let started = self
+            .bfd
+            .as_ref()
+            .is_some_and(|b| b.add(addr, local, cfg).is_ok());
+        if let Some(p) = self.peer_mut(addr) {
+            p.bfd = Some(BfdStatus {
+                state: bfd::State::Down,
+                diag: bfd::Diag::None,
+            });
+            if !started {
+                p.last_error = Some("BFD could not start: waiting".into());
+            }
+        }
+        true
+    }
+
+    /// BFD Up lets the BGP session start; BFD Down takes it down at once,
+    /// like a Hold Timer expiry (RFC 5882 §4.3), its routes withdrawn.
+    fn bfd_notice(&mut self, n: Notice) {
+        match n {
+            Notice::Up(addr) => {
+                let Some(p) = self.peer_mut(addr) else {
+                    return;
+                };
+                let Some(st) = p.bfd.as_mut() else {
+                    return;
+                };
+                st.state = bfd::State::Up;
+                self.fsm_event(addr, Event::ManualStart);
+            }
+            Notice::Down {
+                peer,
+                diag,
+                remote_admin_down,
+            } => {
+                let Some(p) = self.peer_mut(peer) else {
+                    return;
+                };
+                let Some(st) = p.bfd.as_mut() else {
+                    return;
+                };
+                *st = BfdStatus {
+                    state: if remote_admin_down {
+                        bfd::State::AdminDown
+                    } else {
+                        bfd::State::Down
+                    },
+                    diag,
+                };
+                // RFC 5882 §3.2: a peer that says AdminDown stopped BFD on
+                // purpose (a restart, say); that is no path failure.
+                if !remote_admin_down {
+                    warn!(%peer, %diag, "BFD down: taking the BGP session down");
+                    self.fsm_event(peer, Event::BfdDown);
+                }
+            }
         }
     }
 
@@ -717,6 +830,7 @@ impl Core {
                         accepted: c.accepted,
                         advertised: c.advertised,
                         last_error: p.last_error.clone(),
+                        bfd: p.bfd,
                     }
                 })
                 .collect(),

@@ -219,6 +219,7 @@ impl Session {
     /// §6.8.6, from "Set bfd.RemoteDiscr to the value of My
     /// Discriminator" on (the codec and the driver did the checks above it).
     fn received(&mut self, p: ControlPacket, out: &mut Vec<Action>) {
+        let interval_before = self.tx_interval();
         self.remote_disc = p.my_disc.get();
         self.remote_state = p.state;
         self.remote_demand = p.demand;
@@ -251,6 +252,19 @@ impl Session {
             // Answer at once, whatever the transmit timer says (§6.8.7);
             // never Poll and Final in one packet (§6.5).
             self.send(true, out);
+        }
+        // §6.8.7: the interval is recalculated when the remote's Required
+        // Min RX changes. A shorter one must not wait for the timer armed
+        // with the longer one: the remote (FRR, asking for 1 s until Up,
+        // then 300 ms with a Poll) would time out first.
+        let interval_after = self.tx_interval();
+        if interval_after != interval_before
+            && interval_after.is_some_and(|a| interval_before.is_none_or(|b| a < b))
+            && !out
+                .iter()
+                .any(|a| matches!(a, Action::StartTimer(Timer::Tx, _)))
+        {
+            self.arm_tx(out);
         }
     }
 

@@ -306,3 +306,25 @@ fn after_going_down_the_session_comes_up_again_and_polls_again() {
     assert!(sent(&a).last().unwrap().poll);
     assert_eq!(s.diag(), Diag::None);
 }
+
+#[test]
+fn a_remote_asking_for_packets_sooner_gets_the_transmit_timer_re_armed_at_once() {
+    let mut s = session();
+    s.handle(Event::Start);
+    // FRR asks for 1 s while not Up...
+    s.handle(Event::Received(ControlPacket {
+        required_min_rx: 1_000_000,
+        desired_min_tx: 1_000_000,
+        ..remote(State::Init, OURS)
+    }));
+    assert_eq!(s.state(), State::Up);
+    assert_eq!(s.tx_interval(), Some(ms(1000)));
+    // ...then 300 ms with a Poll once Up: the next packet must not wait for
+    // the 1 s timer, or its 900 ms detection time runs out.
+    let a = s.handle(Event::Received(ControlPacket {
+        poll: true,
+        ..remote(State::Up, OURS)
+    }));
+    let t = timer(&a, Timer::Tx).unwrap();
+    assert!(t <= ms(300), "{t:?}");
+}
