@@ -516,6 +516,9 @@ impl Core {
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Shutdown { graceful, done }) => {
                         self.shutdown(graceful);
+                        if let Some(b) = self.bfd.take() {
+                            b.shutdown().await;
+                        }
                         if !graceful {
                             // Give the writer tasks a moment to deliver the
                             // Cease before the caller ends the runtime.

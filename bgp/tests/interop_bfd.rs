@@ -286,6 +286,16 @@ fn bfd_with_frr_comes_up_and_a_silent_frr_takes_bgp_and_its_routes_down_then_bac
     wait_until("FRR's BFD and BGP back up", 60, || {
         bfdd.peer_status("10.89.0.1") == "up" && frr.established("10.89.0.1")
     });
+    // Stopping (SIGTERM) says AdminDown before the process exits: a
+    // deliberate stop, not a path failure (RFC 5882 §3.2).
+    lab.stop("tabby", 15);
+    wait_until("FRR to hear our AdminDown", 30, || {
+        let j: serde_json::Value =
+            serde_json::from_str(&bfdd.cmd("show bfd peers json")).unwrap_or_default();
+        j.as_array()
+            .and_then(|a| a.iter().find(|p| p["peer"] == "10.89.0.1"))
+            .is_some_and(|p| p["remote-diagnostic"] == "administratively down")
+    });
 }
 
 #[test]

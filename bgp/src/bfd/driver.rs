@@ -110,6 +110,7 @@ enum Command {
     },
     Remove(IpAddr),
     Status(oneshot::Sender<Vec<SessionStatus>>),
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// A handle on the running driver; dropping the last one sends AdminDown on
@@ -172,6 +173,16 @@ impl BfdHandle {
         self.tx
             .send(Command::Remove(peer))
             .map_err(|_| BfdError::Stopped)
+    }
+
+    /// Sends AdminDown on every session and stops the driver; returns once
+    /// the packets are out (a process about to exit must wait for this, or
+    /// its peers see a path failure instead of a deliberate stop).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Every session.
@@ -329,6 +340,11 @@ impl Driver {
             let deadline = self.next_deadline();
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
+                    Some(Command::Shutdown(done)) => {
+                        self.stop();
+                        let _ = done.send(());
+                        return;
+                    }
                     Some(c) => self.command(c),
                     None => break,
                 },
@@ -336,8 +352,12 @@ impl Driver {
                 () = tokio::time::sleep_until(deadline) => self.fire_timers(),
             }
         }
-        // Tell every peer we stop on purpose (AdminDown), so that it does
-        // not take its BGP session down for a path failure.
+        self.stop();
+    }
+
+    /// Tells every peer we stop on purpose (AdminDown), so that it does not
+    /// take its BGP session down for a path failure (RFC 5882 §3.2).
+    fn stop(&mut self) {
         let peers: Vec<IpAddr> = self.sessions.keys().copied().collect();
         for p in peers {
             self.remove(p);
@@ -351,6 +371,7 @@ impl Driver {
         match c {
             Command::Add { peer, local, cfg } => self.add(peer, local, cfg),
             Command::Remove(peer) => self.remove(peer),
+            Command::Shutdown(_) => {}
             Command::Status(tx) => {
                 let mut v: Vec<SessionStatus> = self
                     .sessions
