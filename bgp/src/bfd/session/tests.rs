@@ -328,3 +328,91 @@ fn a_remote_asking_for_packets_sooner_gets_the_transmit_timer_re_armed_at_once()
     let t = timer(&a, Timer::Tx).unwrap();
     assert!(t <= ms(300), "{t:?}");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_event() -> impl Strategy<Value = Event> {
+        let packet = (
+            0u8..4,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            1u8..=5,
+            prop_oneof![Just(0u32), Just(OURS), any::<u32>()],
+            prop_oneof![Just(0u32), Just(300_000u32), 1u32..3_000_000],
+            prop_oneof![Just(0u32), Just(300_000u32), 1u32..3_000_000],
+        )
+            .prop_map(|(sta, poll, fin, demand, mult, your, tx, rx)| {
+                let state = match sta {
+                    0 => State::AdminDown,
+                    1 => State::Down,
+                    2 => State::Init,
+                    _ => State::Up,
+                };
+                ControlPacket {
+                    poll,
+                    final_: fin && !poll,
+                    demand,
+                    detect_mult: NonZeroU8::new(mult).unwrap(),
+                    desired_min_tx: tx,
+                    required_min_rx: rx,
+                    ..remote(state, your)
+                }
+            });
+        prop_oneof![
+            1 => Just(Event::Start),
+            1 => Just(Event::TxTimerExpired),
+            1 => Just(Event::DetectTimerExpired),
+            1 => Just(Event::AdminDown),
+            // Packets are the common case.
+            4 => packet.prop_map(Event::Received),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens: Up and Down reports alternate and match the
+        /// state, every packet we send is well formed and carries the
+        /// discriminators we hold, and the transmit timer never runs
+        /// faster than 75% of the agreed interval.
+        #[test]
+        fn reports_alternate_and_every_packet_sent_is_well_formed(
+            events in proptest::collection::vec(any_event(), 1..60)
+        ) {
+            let mut s = session();
+            let mut up = false;
+            for ev in events {
+                for a in s.handle(ev) {
+                    match a {
+                        Action::Up => {
+                            prop_assert!(!up, "Up twice");
+                            up = true;
+                        }
+                        Action::Down(_) => {
+                            prop_assert!(up, "Down without Up");
+                            up = false;
+                        }
+                        Action::Send(p) => {
+                            prop_assert!(!(p.poll && p.final_));
+                            prop_assert_eq!(p.my_disc.get(), OURS);
+                            prop_assert_eq!(p.your_disc, s.remote_disc());
+                            prop_assert_eq!(ControlPacket::decode(&p.encode()).ok(), Some(p));
+                            if p.state != State::Up {
+                                prop_assert!(p.desired_min_tx >= 1_000_000, "slow while not Up");
+                            }
+                        }
+                        Action::StartTimer(Timer::Tx, d) => {
+                            if let Some(i) = s.tx_interval() {
+                                prop_assert!(d >= i.mul_f64(0.75) && d <= i, "{:?} for {:?}", d, i);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                prop_assert_eq!(up, s.state() == State::Up);
+            }
+        }
+    }
+}
