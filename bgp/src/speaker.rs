@@ -34,6 +34,8 @@ use crate::fsm::{Action, ConnId, Event, Fsm, FsmConfig, Negotiated, State, Timer
 use crate::packet::{self, Ctx, DecodeError, Family, Message};
 use crate::rib::{BestChange, PeerIdx, PeerInfo, Rib, RibConfig};
 
+mod bfd_glue;
+
 /// Errors starting or talking to the speaker.
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
@@ -672,84 +674,6 @@ impl Core {
             }
             self.rib.remove_peer(p.idx);
             self.rib.gc();
-        }
-    }
-
-    /// Starts the BFD session of a peer that wants one (and the driver with
-    /// the first); false when the peer has no BFD. The BGP session then
-    /// waits for BFD Up.
-    fn start_bfd(&mut self, addr: IpAddr) -> bool {
-        let Some(p) = self.peers.iter().find(|(a, _)| *a == addr).map(|(_, p)| p) else {
-            return false;
-        };
-        let Some(cfg) = p.cfg.bfd.and_then(|b| b.session_config().ok()) else {
-            return false;
-        };
-        let local = p.cfg.local_address;
-        if self.bfd.is_none()
-            && let Some(tx) = self.bfd_notices.clone()
-        {
-            match BfdHandle::start(tx) {
-                Ok(h) => self.bfd = Some(h),
-                Err(e) => warn!(error = %e, "cannot start BFD"),
-            }
-        }
-        let started = self
-            .bfd
-            .as_ref()
-            .is_some_and(|b| b.add(addr, local, cfg).is_ok());
-        if let Some(p) = self.peer_mut(addr) {
-            p.bfd = Some(BfdStatus {
-                state: bfd::State::Down,
-                diag: bfd::Diag::None,
-            });
-            if !started {
-                p.last_error = Some("BFD could not start: waiting".into());
-            }
-        }
-        true
-    }
-
-    /// BFD Up lets the BGP session start; BFD Down takes it down at once,
-    /// like a Hold Timer expiry (RFC 5882 §4.3), its routes withdrawn.
-    fn bfd_notice(&mut self, n: Notice) {
-        match n {
-            Notice::Up(addr) => {
-                let Some(p) = self.peer_mut(addr) else {
-                    return;
-                };
-                let Some(st) = p.bfd.as_mut() else {
-                    return;
-                };
-                st.state = bfd::State::Up;
-                self.fsm_event(addr, Event::ManualStart);
-            }
-            Notice::Down {
-                peer,
-                diag,
-                remote_admin_down,
-            } => {
-                let Some(p) = self.peer_mut(peer) else {
-                    return;
-                };
-                let Some(st) = p.bfd.as_mut() else {
-                    return;
-                };
-                *st = BfdStatus {
-                    state: if remote_admin_down {
-                        bfd::State::AdminDown
-                    } else {
-                        bfd::State::Down
-                    },
-                    diag,
-                };
-                // RFC 5882 §3.2: a peer that says AdminDown stopped BFD on
-                // purpose (a restart, say); that is no path failure.
-                if !remote_admin_down {
-                    warn!(%peer, %diag, "BFD down: taking the BGP session down");
-                    self.fsm_event(peer, Event::BfdDown);
-                }
-            }
         }
     }
 
