@@ -40,9 +40,11 @@ impl Core {
                 state: bfd::State::Down,
                 diag: bfd::Diag::None,
             });
-            if !started {
-                p.last_error = Some("BFD could not start: waiting".into());
-            }
+            p.last_error = Some(if started {
+                "waiting for BFD to come Up".into()
+            } else {
+                "BFD could not start (see the log): the session stays down".into()
+            });
         }
         true
     }
