@@ -309,4 +309,6 @@ fn with_bfd_configured_bgp_never_comes_up_while_the_router_runs_no_bfd() {
         !tabby.established("10.89.0.2") && !frr.established("10.89.0.1")
     });
     assert_eq!(tabby.bfd_state("10.89.0.2"), "Down");
+    let why = tabby.peer("10.89.0.2").unwrap()["last_error"].clone();
+    assert_eq!(why, "waiting for BFD to come Up");
 }
