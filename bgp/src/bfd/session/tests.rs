@@ -329,6 +329,55 @@ fn a_remote_asking_for_packets_sooner_gets_the_transmit_timer_re_armed_at_once()
     assert!(t <= ms(300), "{t:?}");
 }
 
+#[test]
+fn every_state_and_received_state_moves_as_rfc_5880_section_6_8_6_says() {
+    use State::*;
+    let in_state = |st: State| {
+        let mut s = session();
+        match st {
+            AdminDown => {
+                s.handle(Event::AdminDown);
+            }
+            Down => {}
+            Init => {
+                s.handle(Event::Received(remote(Down, 0)));
+            }
+            Up => s = up(),
+        }
+        assert_eq!(s.state(), st);
+        s
+    };
+    // (our state, the state the remote sends) -> our next state
+    let table = [
+        (AdminDown, AdminDown, AdminDown),
+        (AdminDown, Down, AdminDown),
+        (AdminDown, Init, AdminDown),
+        (AdminDown, Up, AdminDown),
+        (Down, AdminDown, Down),
+        (Down, Down, Init),
+        (Down, Init, Up),
+        (Down, Up, Down),
+        (Init, AdminDown, Down),
+        (Init, Down, Init),
+        (Init, Init, Up),
+        (Init, Up, Up),
+        (Up, AdminDown, Down),
+        (Up, Down, Down),
+        (Up, Init, Up),
+        (Up, Up, Up),
+    ];
+    for (from, heard, to) in table {
+        let mut s = in_state(from);
+        let your = if heard == Down || heard == AdminDown {
+            0
+        } else {
+            OURS
+        };
+        s.handle(Event::Received(remote(heard, your)));
+        assert_eq!(s.state(), to, "{from:?} hearing {heard:?}");
+    }
+}
+
 mod properties {
     use proptest::prelude::*;
 
