@@ -183,6 +183,10 @@ pub struct PeerConfig {
     /// other peers (a node towards an upstream router).
     #[serde(default)]
     pub export_local_only: bool,
+    /// BFD with this peer (RFC 5880/5881); `None`: no BFD. With BFD the
+    /// session comes up only while BFD is Up and goes down when BFD does.
+    #[serde(default)]
+    pub bfd: Option<crate::bfd::BfdConfig>,
 }
 
 impl PeerConfig {
@@ -201,6 +205,7 @@ impl PeerConfig {
             families: default_families(),
             link_local_next_hop: false,
             export_local_only: false,
+            bfd: None,
         }
     }
 }
@@ -268,6 +273,10 @@ impl Config {
                     "peer {} listed twice",
                     p.address
                 )));
+            }
+            if let Some(b) = &p.bfd {
+                b.session_config()
+                    .map_err(|e| ConfigError::Invalid(format!("peer {}: {e}", p.address)))?;
             }
             if p.password.as_ref().is_some_and(|k| k.len() > 80) {
                 return Err(ConfigError::Invalid(format!(
@@ -353,6 +362,27 @@ mod tests {
         assert_eq!(cfg.peers[1].families, vec![Family::Ipv4Unicast]);
         assert!(cfg.peers[1].rr_client);
         assert_eq!(cfg.announce.len(), 2);
+    }
+
+    #[test]
+    fn a_peer_bfd_table_fills_defaults_and_checks_its_values() {
+        let path = std::path::Path::new("t.toml");
+        let base =
+            "router_id = \"10.0.0.1\"\nasn = 1\n[[peers]]\naddress = \"10.0.0.2\"\nasn = 2\n";
+        let cfg =
+            Config::from_toml(&format!("{base}[peers.bfd]\nmin_rx_ms = 200\n"), path).unwrap();
+        assert_eq!(
+            cfg.peers[0].bfd,
+            Some(crate::bfd::BfdConfig {
+                min_tx_ms: 300,
+                min_rx_ms: 200,
+                multiplier: 3
+            })
+        );
+        assert_eq!(Config::from_toml(base, path).unwrap().peers[0].bfd, None);
+        let err =
+            Config::from_toml(&format!("{base}[peers.bfd]\nmultiplier = 0\n"), path).unwrap_err();
+        assert!(err.to_string().contains("bfd.multiplier"), "{err}");
     }
 
     #[test]

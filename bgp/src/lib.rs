@@ -1,7 +1,9 @@
 //! tabby's BGP speaker: a pure wire codec ([`packet`]), a sans-IO session
 //! state machine ([`fsm`]), the RIB with the decision process ([`rib`]), a
-//! thin tokio driver ([`speaker`]) and a kernel route installer ([`fib`]).
+//! thin tokio driver ([`speaker`]), a kernel route installer ([`fib`]) and
+//! BFD ([`bfd`]).
 
+pub mod bfd;
 pub mod config;
 pub mod fib;
 pub mod fsm;

@@ -97,19 +97,24 @@ fn table(st: &Status) -> String {
         if st.synced { "synced" } else { "converging" }
     );
     out.push_str(&format!(
-        "{:<40} {:>10} {:<12} {:>8} {:>9} {:>9} {:>10}  {}\n",
-        "PEER", "AS", "STATE", "UPTIME", "RECEIVED", "ACCEPTED", "ADVERTISED", "LAST ERROR"
+        "{:<40} {:>10} {:<12} {:<9} {:>8} {:>9} {:>9} {:>10}  {}\n",
+        "PEER", "AS", "STATE", "BFD", "UPTIME", "RECEIVED", "ACCEPTED", "ADVERTISED", "LAST ERROR"
     ));
     for p in &st.peers {
         let up = p
             .uptime_secs
             .map(|s| format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60))
             .unwrap_or_else(|| "-".into());
+        let bfd = p
+            .bfd
+            .map(|b| b.state.to_string())
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<40} {:>10} {:<12} {:>8} {:>9} {:>9} {:>10}  {}\n",
+            "{:<40} {:>10} {:<12} {:<9} {:>8} {:>9} {:>9} {:>10}  {}\n",
             p.address,
             p.asn,
             p.state.to_string(),
+            bfd,
             up,
             p.received,
             p.accepted,

@@ -28,10 +28,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::bfd::{self, BfdHandle, Notice};
 use crate::config::{Config, PeerConfig};
 use crate::fsm::{Action, ConnId, Event, Fsm, FsmConfig, Negotiated, State, Timer};
 use crate::packet::{self, Ctx, DecodeError, Family, Message};
 use crate::rib::{BestChange, PeerIdx, PeerInfo, Rib, RibConfig};
+
+mod bfd_glue;
 
 /// Errors starting or talking to the speaker.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,18 @@ pub struct PeerStatus {
     pub advertised: u64,
     /// Why the session last went down or failed to connect.
     pub last_error: Option<String>,
+    /// The BFD session with this peer, when BFD is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdStatus>,
+}
+
+/// The state of a peer's BFD session, as the speaker last heard of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfdStatus {
+    /// Up or Down (AdminDown: the peer stopped BFD on purpose).
+    pub state: bfd::State,
+    /// Why it last went down.
+    pub diag: bfd::Diag,
 }
 
 /// The speaker's operational state.
@@ -211,7 +226,9 @@ impl Speaker {
             listeners.push(l);
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (bfd_tx, bfd_rx) = mpsc::unbounded_channel();
         let mut core = Core::new(config, listeners, ev_tx);
+        core.bfd_notices = Some(bfd_tx);
         let peers = core.config.peers.clone();
         core.set_peers(peers);
         for p in core.config.announce.clone() {
@@ -219,7 +236,7 @@ impl Speaker {
             core.rib.announce_local(p);
         }
         core.flush();
-        tokio::spawn(core.run(rx, ev_rx));
+        tokio::spawn(core.run(rx, ev_rx, bfd_rx));
         Ok(SpeakerHandle { tx })
     }
 }
@@ -435,6 +452,9 @@ struct Peer {
     stale_deadline: Option<Instant>,
     eor: HashSet<Family>,
     last_error: Option<String>,
+    /// BFD configured: its last known state; the session starts only while
+    /// it is Up.
+    bfd: Option<BfdStatus>,
 }
 
 struct Core {
@@ -449,6 +469,10 @@ struct Core {
     next_conn: u64,
     synced: bool,
     sync_deadline: Instant,
+    /// The BFD driver, started with the first peer that wants BFD.
+    bfd: Option<BfdHandle>,
+    /// Where the BFD driver reports sessions going up and down.
+    bfd_notices: Option<mpsc::UnboundedSender<Notice>>,
 }
 
 impl Core {
@@ -477,6 +501,8 @@ impl Core {
             announced: BTreeSet::new(),
             next_conn: 1,
             synced: false,
+            bfd: None,
+            bfd_notices: None,
         }
     }
 
@@ -484,6 +510,7 @@ impl Core {
         mut self,
         mut cmds: mpsc::UnboundedReceiver<Command>,
         mut events: mpsc::Receiver<IoEvent>,
+        mut bfd_notices: mpsc::UnboundedReceiver<Notice>,
     ) {
         loop {
             let deadline = self.next_deadline();
@@ -491,6 +518,9 @@ impl Core {
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Shutdown { graceful, done }) => {
                         self.shutdown(graceful);
+                        if let Some(b) = self.bfd.take() {
+                            b.shutdown().await;
+                        }
                         if !graceful {
                             // Give the writer tasks a moment to deliver the
                             // Cease before the caller ends the runtime.
@@ -519,6 +549,8 @@ impl Core {
                         n += 1;
                     }
                 }
+                // Never paused: a BFD Down must take a session down at once.
+                Some(n) = bfd_notices.recv() => self.bfd_notice(n),
                 () = tokio::time::sleep_until(deadline) => self.fire_timers(),
             }
             self.check_sync();
@@ -616,9 +648,12 @@ impl Core {
                 stale_deadline: None,
                 eor: HashSet::new(),
                 last_error: None,
+                bfd: None,
             },
         ));
-        self.fsm_event(addr, Event::ManualStart);
+        if !self.start_bfd(addr) {
+            self.fsm_event(addr, Event::ManualStart);
+        }
     }
 
     fn remove_peer(&mut self, addr: IpAddr) {
@@ -631,6 +666,11 @@ impl Core {
             }
             if p.cfg.password.is_some() {
                 self.set_md5(addr, b"");
+            }
+            if p.bfd.is_some()
+                && let Some(b) = &self.bfd
+            {
+                let _ = b.remove(addr);
             }
             self.rib.remove_peer(p.idx);
             self.rib.gc();
@@ -717,6 +757,7 @@ impl Core {
                         accepted: c.accepted,
                         advertised: c.advertised,
                         last_error: p.last_error.clone(),
+                        bfd: p.bfd,
                     }
                 })
                 .collect(),

@@ -315,6 +315,15 @@ impl Agent {
                 // Only `default` applies, as with Calico; others are
                 // reserved (per-node overrides) and ignored.
                 if c.metadata.name.as_deref() == Some("default") {
+                    if let Some(Err(e)) = c
+                        .spec
+                        .node_to_node_mesh_bfd
+                        .as_ref()
+                        .map(|b| crate::bgp::bfd_config("spec.nodeToNodeMeshBFD", b))
+                    {
+                        warn!(error = %e, "refusing BGPConfiguration default: keeping the previous one");
+                        return;
+                    }
                     self.bgp_config = Some(c.spec);
                 } else {
                     debug!("ignoring a BGPConfiguration not named `default`");
@@ -322,6 +331,15 @@ impl Agent {
             }
             Object::BgpPeer(p) => {
                 let name = p.metadata.name.clone().unwrap_or_default();
+                if let Some(Err(e)) = p
+                    .spec
+                    .bfd
+                    .as_ref()
+                    .map(|b| crate::bgp::bfd_config("spec.bfd", b))
+                {
+                    warn!(peer = %name, error = %e, "refusing BGPPeer: keeping the previous version");
+                    return;
+                }
                 self.bgp_peers.insert(name, p.spec);
             }
             Object::Secret(s) => self.peer_secrets.apply(*s),
@@ -423,6 +441,12 @@ impl Agent {
             .as_ref()
             .map_or(self.cfg.asn, |c| c.as_number);
         let mesh_on = self.bgp_config.as_ref().is_none_or(|c| c.node_to_node_mesh);
+        // Checked when the objects came in: errors cannot happen here.
+        let mesh_bfd = self
+            .bgp_config
+            .as_ref()
+            .and_then(|c| c.node_to_node_mesh_bfd.as_ref())
+            .and_then(|b| crate::bgp::bfd_config("spec.nodeToNodeMeshBFD", b).ok());
         let mut peers: BTreeMap<IpAddr, PeerIntent> = BTreeMap::new();
         if mesh_on {
             for (name, ip) in &self.nodes {
@@ -438,6 +462,7 @@ impl Agent {
                             password: None,
                             rr_client: false,
                             mesh: true,
+                            bfd: mesh_bfd,
                         },
                     );
                 }
@@ -477,6 +502,10 @@ impl Agent {
                     password,
                     rr_client: p.route_reflector_client,
                     mesh: false,
+                    bfd: p
+                        .bfd
+                        .as_ref()
+                        .and_then(|b| crate::bgp::bfd_config("spec.bfd", b).ok()),
                 },
             );
         }
@@ -1037,5 +1066,45 @@ spec: {peerIP: "10.0.0.300", asNumber: 65000}
         a.barrier_reached();
         assert_eq!(a.status(None)["barrier"], serde_json::Value::Null);
         assert_eq!(a.status(None)["ready"], false);
+    }
+
+    #[test]
+    fn bfd_settings_reach_the_bgp_intent_and_bad_ones_keep_the_previous_object() {
+        let mut a = agent("n1");
+        feed(&mut a, NODES);
+        let bfd = |a: &Agent, addr: &str| {
+            a.bgp_intent(1179)
+                .unwrap()
+                .1
+                .peers
+                .into_iter()
+                .find(|p| p.address.to_string() == addr)
+                .unwrap()
+                .bfd
+        };
+        assert_eq!(bfd(&a, "10.0.0.2"), None, "off unless asked for");
+        feed(
+            &mut a,
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshBFD: {}}\n---\napiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.254, asNumber: 65000, bfd: {minTxMs: 100, multiplier: 5}}\n",
+        );
+        assert_eq!(
+            bfd(&a, "10.0.0.2"),
+            Some(tabby_bgp::bfd::BfdConfig::default())
+        );
+        let tor = tabby_bgp::bfd::BfdConfig {
+            min_tx_ms: 100,
+            min_rx_ms: 300,
+            multiplier: 5,
+        };
+        assert_eq!(bfd(&a, "10.0.0.254"), Some(tor));
+        feed(
+            &mut a,
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.254, asNumber: 65000, bfd: {minTxMs: 1}}\n",
+        );
+        assert_eq!(
+            bfd(&a, "10.0.0.254"),
+            Some(tor),
+            "refused: the previous one stays"
+        );
     }
 }

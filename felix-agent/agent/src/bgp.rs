@@ -11,6 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
+use tabby_bgp::bfd::BfdConfig;
 use tabby_bgp::config::{Config, PeerConfig};
 use tabby_bgp::fib::FibInstaller;
 use tabby_bgp::speaker::{RibEvent, Speaker, SpeakerHandle};
@@ -48,6 +49,34 @@ pub struct PeerIntent {
     pub rr_client: bool,
     /// Another node of the mesh (else an external peer from a BGPPeer).
     pub mesh: bool,
+    /// BFD on this session (`BGPPeer.spec.bfd`, or
+    /// `BGPConfiguration.spec.nodeToNodeMeshBFD` for the mesh).
+    pub bfd: Option<BfdConfig>,
+}
+
+/// The speaker's BFD settings from a `bfd` / `nodeToNodeMeshBFD` object,
+/// defaults filled in; an error names the field (`field` is its path).
+pub fn bfd_config(field: &str, spec: &tabby_crds::BFDSpec) -> Result<BfdConfig, String> {
+    let d = BfdConfig::default();
+    let c = BfdConfig {
+        min_tx_ms: spec.min_tx_ms.unwrap_or(d.min_tx_ms),
+        min_rx_ms: spec.min_rx_ms.unwrap_or(d.min_rx_ms),
+        multiplier: spec.multiplier.unwrap_or(d.multiplier),
+    };
+    let range = tabby_bgp::bfd::MIN_INTERVAL_MS..=tabby_bgp::bfd::MAX_INTERVAL_MS;
+    for (key, v) in [("minTxMs", c.min_tx_ms), ("minRxMs", c.min_rx_ms)] {
+        if !range.contains(&v) {
+            return Err(format!(
+                "{field}.{key} = {v}: must be {}..={} (milliseconds)",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
+    if c.multiplier == 0 {
+        return Err(format!("{field}.multiplier must be at least 1"));
+    }
+    Ok(c)
 }
 
 /// What the agent wants BGP to do.
@@ -74,6 +103,7 @@ fn peer_configs(peers: &[PeerIntent]) -> Vec<PeerConfig> {
             // path to another node's pods. Clients of a node acting as
             // route reflector get the reflected routes, as they asked.
             c.export_local_only = !p.mesh && !p.rr_client;
+            c.bfd = p.bfd;
             c
         })
         .collect()
@@ -205,5 +235,35 @@ impl Bgp {
     pub async fn status_json(&self) -> Option<serde_json::Value> {
         let s = self.handle.status().await.ok()?;
         serde_json::to_value(&s).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_bfd_object_means_the_defaults_and_bad_values_are_refused_by_field() {
+        let spec = |tx, rx, m| tabby_crds::BFDSpec {
+            min_tx_ms: tx,
+            min_rx_ms: rx,
+            multiplier: m,
+        };
+        assert_eq!(
+            bfd_config("spec.bfd", &spec(None, None, None)),
+            Ok(BfdConfig::default())
+        );
+        assert_eq!(
+            bfd_config("spec.bfd", &spec(Some(100), None, Some(5))),
+            Ok(BfdConfig {
+                min_tx_ms: 100,
+                min_rx_ms: 300,
+                multiplier: 5
+            })
+        );
+        let e = bfd_config("spec.nodeToNodeMeshBFD", &spec(None, Some(1), None)).unwrap_err();
+        assert!(e.starts_with("spec.nodeToNodeMeshBFD.minRxMs = 1"), "{e}");
+        let e = bfd_config("spec.bfd", &spec(None, None, Some(0))).unwrap_err();
+        assert!(e.contains("spec.bfd.multiplier"), "{e}");
     }
 }

@@ -52,6 +52,35 @@ pub struct BGPConfigurationSpec {
     /// Whether nodes peer with each other in a full mesh.
     #[serde(default = "yes")]
     pub node_to_node_mesh: bool,
+    /// BFD on every session of the node-to-node mesh (absent: none; `{}`:
+    /// the defaults). Every node runs it, so both ends agree.
+    #[serde(
+        rename = "nodeToNodeMeshBFD",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_to_node_mesh_bfd: Option<BFDSpec>,
+}
+
+/// BFD (RFC 5880/5881, single hop) on a BGP session: BGP comes up only
+/// while BFD is Up, and BFD Down takes the session down and withdraws its
+/// routes at once. An object so that the schema stays structural; `{}`
+/// means 300 ms / 300 ms / 3.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BFDSpec {
+    /// Desired minimum transmit interval once Up, in milliseconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub min_tx_ms: Option<u32>,
+    /// Required minimum receive interval, in milliseconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub min_rx_ms: Option<u32>,
+    /// Detection multiplier: packets missed before BFD is Down (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 255))]
+    pub multiplier: Option<u8>,
 }
 
 /// A BGP peer outside the node mesh: a top-of-rack router or a route reflector.
@@ -84,6 +113,10 @@ pub struct BGPPeerSpec {
     /// The peer is a route reflector client of the nodes.
     #[serde(default)]
     pub route_reflector_client: bool,
+    /// BFD on this session (absent: none; `{}`: the defaults). The peer
+    /// must run BFD too, or the session never comes up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BFDSpec>,
 }
 
 /// A pool of pod addresses, cut into per-node blocks.

@@ -77,3 +77,33 @@ fn schemas_carry_validation() {
         assert_eq!(crd.spec.group, "tabby.dev");
     }
 }
+
+#[test]
+fn bfd_is_an_object_on_bgp_peers_and_on_the_mesh() {
+    let c: tabby_crds::BGPConfiguration = serde_yaml::from_str(
+        "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshBFD: {}}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.spec.node_to_node_mesh_bfd,
+        Some(tabby_crds::BFDSpec::default())
+    );
+    let p: tabby_crds::BGPPeer = serde_yaml::from_str(
+        "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 192.168.0.254, asNumber: 65000, bfd: {minTxMs: 100, minRxMs: 200, multiplier: 4}}\n",
+    )
+    .unwrap();
+    let b = p.spec.bfd.unwrap();
+    assert_eq!(
+        (b.min_tx_ms, b.min_rx_ms, b.multiplier),
+        (Some(100), Some(200), Some(4))
+    );
+    for bad in ["bfd: true", "bfd: {minTx: 100}"] {
+        let y = format!(
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{peerIP: 192.168.0.254, asNumber: 65000, {bad}}}\n"
+        );
+        assert!(
+            serde_yaml::from_str::<tabby_crds::BGPPeer>(&y).is_err(),
+            "{bad}"
+        );
+    }
+}
