@@ -67,7 +67,7 @@ pub struct BGPConfigurationSpec {
 /// routes at once. An object so that the schema stays structural; `{}`
 /// means 300 ms / 300 ms / 3.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BFDSpec {
     /// Desired minimum transmit interval once Up, in milliseconds (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -97,7 +97,9 @@ fn bfd_is_an_object_on_bgp_peers_and_on_the_mesh() {
         (b.min_tx_ms, b.min_rx_ms, b.multiplier),
         (Some(100), Some(200), Some(4))
     );
-    for bad in ["bfd: true", "bfd: {minTx: 100}"] {
+    // A misspelt key (`minTx`) is ignored like any unknown field of an API
+    // object (see above); a value of the wrong type is still refused.
+    for bad in ["bfd: true", "bfd: {minTxMs: fast}"] {
         let y = format!(
             "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{peerIP: 192.168.0.254, asNumber: 65000, {bad}}}\n"
         );
