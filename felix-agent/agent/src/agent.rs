@@ -15,13 +15,14 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodIP};
 use tabby_common::agent::{AgentRequest, AgentResponse};
 use tabby_common::endpoint::{EndpointRecord, EndpointStore};
 use tabby_common::ipam::{blocks_path, read_blocks, write_blocks};
-use tabby_crds::{BGPConfigurationSpec, BGPPeerSpec};
+use tabby_crds::{BGPConfigurationSpec, BGPPeerSpec, Filter};
 use tabby_policy::{EndpointPolicy, PodKey, PolicyIndex};
 use tabby_sys::Netlink;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::bgp::{BgpIntent, PeerIntent};
+use crate::bgp_policy::{self, PeerKind};
 use crate::datastore::{Event, Kind, Object, ObjectRef};
 use crate::metrics::Metrics;
 use crate::nft::{self, Compiled, EndpointState};
@@ -68,6 +69,10 @@ pub struct Agent {
     bgp_config: Option<BGPConfigurationSpec>,
     /// BGPPeer objects by name.
     bgp_peers: BTreeMap<String, BGPPeerSpec>,
+    /// Every node's blocks (podCIDRs), for the BGP import policy.
+    node_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// Valid BGPFilter objects by name, parsed.
+    bgp_filters: BTreeMap<String, Filter>,
     /// The node's blocks changed: reconcile routes at the next tick rather
     /// than within the periodic 10 s (the blackholes, and in a cluster the
     /// NetworkUnavailable condition, wait on it).
@@ -166,6 +171,8 @@ impl Agent {
             nodes: BTreeMap::new(),
             bgp_config: None,
             bgp_peers: BTreeMap::new(),
+            node_blocks: BTreeMap::new(),
+            bgp_filters: BTreeMap::new(),
             routes_dirty: false,
             barrier_seen: None,
             barrier_done: None,
@@ -267,6 +274,7 @@ impl Agent {
             Kind::Node => {
                 let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
                 self.nodes.retain(|n, _| keep.contains(n));
+                self.node_blocks.retain(|n, _| keep.contains(n));
             }
             Kind::BgpConfiguration => {
                 if !keep.iter().any(|r| r.name == "default") {
@@ -276,6 +284,10 @@ impl Agent {
             Kind::BgpPeer => {
                 let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
                 self.bgp_peers.retain(|n, _| keep.contains(n));
+            }
+            Kind::BgpFilter => {
+                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
+                self.bgp_filters.retain(|n, _| keep.contains(n));
             }
         }
     }
@@ -300,14 +312,20 @@ impl Agent {
             }
             Object::Node(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
-                self.nodes.insert(name, node_address(&n));
+                self.nodes.insert(name.clone(), node_address(&n));
+                self.node_blocks.insert(name, bgp_policy::pod_cidrs(&n));
                 self.node_changed(&n);
             }
             Object::BgpConfiguration(c) => {
                 // Only `default` applies, as with Calico; others are
                 // reserved (per-node overrides) and ignored.
                 if c.metadata.name.as_deref() == Some("default") {
-                    self.bgp_config = Some(c.spec);
+                    match c.spec.advertisements() {
+                        Ok(_) => self.bgp_config = Some(c.spec),
+                        Err(e) => {
+                            warn!(error = %e, "refusing the BGPConfiguration; the previous one stays");
+                        }
+                    }
                 } else {
                     debug!("ignoring a BGPConfiguration not named `default`");
                 }
@@ -315,6 +333,17 @@ impl Agent {
             Object::BgpPeer(p) => {
                 let name = p.metadata.name.clone().unwrap_or_default();
                 self.bgp_peers.insert(name, p.spec);
+            }
+            Object::BgpFilter(f) => {
+                let name = f.metadata.name.clone().unwrap_or_default();
+                match f.spec.parse() {
+                    Ok(parsed) => {
+                        self.bgp_filters.insert(name, parsed);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "refusing the BGPFilter; the previous version stays");
+                    }
+                }
             }
         }
     }
@@ -389,6 +418,7 @@ impl Agent {
             }
             Kind::Node => {
                 self.nodes.remove(&r.name);
+                self.node_blocks.remove(&r.name);
             }
             Kind::BgpConfiguration => {
                 if r.name == "default" {
@@ -397,6 +427,9 @@ impl Agent {
             }
             Kind::BgpPeer => {
                 self.bgp_peers.remove(&r.name);
+            }
+            Kind::BgpFilter => {
+                self.bgp_filters.remove(&r.name);
             }
         }
     }
@@ -413,6 +446,14 @@ impl Agent {
             .as_ref()
             .map_or(self.cfg.asn, |c| c.as_number);
         let mesh_on = self.bgp_config.as_ref().is_none_or(|c| c.node_to_node_mesh);
+        let cluster = bgp_policy::Cluster {
+            asn,
+            nodes: &self.nodes,
+            node_blocks: &self.node_blocks,
+            filters: &self.bgp_filters,
+        };
+        let members = Arc::new(cluster.members());
+        let mesh_policy = bgp_policy::Cluster::cluster_policy(&members);
         let mut peers: BTreeMap<IpAddr, PeerIntent> = BTreeMap::new();
         if mesh_on {
             for (name, ip) in &self.nodes {
@@ -428,6 +469,7 @@ impl Agent {
                             password: None,
                             rr_client: false,
                             mesh: true,
+                            policy: mesh_policy.clone(),
                         },
                     );
                 }
@@ -447,6 +489,16 @@ impl Agent {
             if self.nodes.get(&self.cfg.node_name) == Some(&Some(address)) {
                 continue;
             }
+            let policy = match cluster.kind_of(p, address) {
+                PeerKind::Cluster => mesh_policy.clone(),
+                PeerKind::External => {
+                    let (policy, missing) = cluster.external_policy(p);
+                    if !missing.is_empty() {
+                        warn!(peer = %name, ?missing, "BGPPeer refers to BGPFilters that do not exist: accepting nothing from it");
+                    }
+                    policy
+                }
+            };
             // An explicit peer wins over the mesh entry for the same
             // address (say, a node that is also a route reflector).
             peers.insert(
@@ -458,15 +510,25 @@ impl Agent {
                     password: p.password.clone().filter(|s| !s.is_empty()),
                     rr_client: p.route_reflector_client,
                     mesh: false,
+                    policy,
                 },
             );
         }
+        // Validated when the object was taken.
+        let adv = self
+            .bgp_config
+            .as_ref()
+            .and_then(|c| c.advertisements().ok())
+            .unwrap_or_default();
+        let mut announce = self.blocks.clone();
+        announce.extend(adv.service_cidrs);
         Some((
             router_id,
             BgpIntent {
                 asn,
-                announce: self.blocks.clone(),
+                announce,
                 peers: peers.into_values().collect(),
+                communities: adv.communities,
             },
         ))
     }

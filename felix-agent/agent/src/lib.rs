@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bgp;
+pub mod bgp_policy;
 pub mod datastore;
 pub mod install;
 pub mod metrics;

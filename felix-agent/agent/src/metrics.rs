@@ -165,6 +165,7 @@ impl Metrics {
             "# HELP tabby_resyncs_total Full resyncs after the table was changed by someone else.\n# TYPE tabby_resyncs_total counter\ntabby_resyncs_total {}\n",
             self.resyncs.get()
         ));
+        self.render_bgp_rejected(&mut out);
         out.push_str("# HELP tabby_dropped_packets_total Packets dropped by policy, per endpoint and direction.\n# TYPE tabby_dropped_packets_total counter\n");
         for (chain, n) in drops {
             let (dir, iface) = match chain.split_once('_') {
@@ -177,6 +178,36 @@ impl Metrics {
             ));
         }
         out
+    }
+}
+
+impl Metrics {
+    /// `tabby_bgp_prefixes_rejected_total{peer,reason}`, from the BGP
+    /// section of the status (the speaker counts, per peer and reason, the
+    /// prefixes its import policy refused), so both always agree.
+    fn render_bgp_rejected(&self, out: &mut String) {
+        out.push_str("# HELP tabby_bgp_prefixes_rejected_total Prefixes a BGP peer sent that the import policy refused, per peer and reason.\n# TYPE tabby_bgp_prefixes_rejected_total counter\n");
+        let status: serde_json::Value = match self.status.lock() {
+            Ok(s) => serde_json::from_str(&s).unwrap_or_default(),
+            Err(_) => return,
+        };
+        let Some(peers) = status["bgp"]["peers"].as_array() else {
+            return;
+        };
+        for p in peers {
+            let (Some(addr), Some(totals)) =
+                (p["address"].as_str(), p["rejectedTotal"].as_object())
+            else {
+                continue;
+            };
+            for (reason, n) in totals {
+                if let Some(n) = n.as_u64() {
+                    out.push_str(&format!(
+                        "tabby_bgp_prefixes_rejected_total{{peer=\"{addr}\",reason=\"{reason}\"}} {n}\n"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -199,5 +230,19 @@ mod tests {
         assert!(text.contains(
             "tabby_dropped_packets_total{interface=\"tab0123456789ab\",direction=\"ingress\"} 7\n"
         ));
+    }
+
+    #[test]
+    fn refused_bgp_prefixes_are_counted_per_peer_and_reason() {
+        let m = Metrics::default();
+        m.set_status(
+            r#"{"bgp":{"peers":[{"address":"10.99.0.250","rejectedTotal":{"default-route":1,"pod-space":3}}]}}"#
+                .into(),
+        );
+        let text = m.render(&[]);
+        assert!(text.contains(
+            "tabby_bgp_prefixes_rejected_total{peer=\"10.99.0.250\",reason=\"pod-space\"} 3\n"
+        ));
+        assert!(text.contains("reason=\"default-route\"} 1\n"));
     }
 }

@@ -3,6 +3,13 @@
 //! from these types (`TABBY_UPDATE_CRDS=1 cargo test -p tabby-crds`), and a
 //! test fails when they drift apart.
 
+mod bgp;
+
+pub use bgp::{
+    Advertisements, BGPFilter, BGPFilterAction, BGPFilterMatchOperator, BGPFilterPrefixLength,
+    BGPFilterRule, BGPFilterSpec, Filter, Invalid, NamedCommunity, PrefixAdvertisement,
+    ServiceCidr, parse_cidr,
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,7 +28,7 @@ fn yes() -> bool {
 /// An IPv4 or IPv6 address (the API server checks the shape, the agent the value).
 const IP_PATTERN: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$";
 /// An IPv4 or IPv6 CIDR.
-const CIDR_PATTERN: &str =
+pub(crate) const CIDR_PATTERN: &str =
     r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*/[0-9]{1,3})$";
 
 /// Cluster-wide BGP settings; the one named `default` applies.
@@ -42,6 +49,33 @@ pub struct BGPConfigurationSpec {
     /// Whether nodes peer with each other in a full mesh.
     #[serde(default = "yes")]
     pub node_to_node_mesh: bool,
+    /// Communities attached to announced prefixes, by CIDR.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    /// Named communities for `prefixAdvertisements`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<NamedCommunity>,
+    /// Service cluster IP ranges every node announces.
+    #[serde(
+        default,
+        rename = "serviceClusterIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_cluster_ips: Vec<ServiceCidr>,
+    /// Service external IP ranges every node announces.
+    #[serde(
+        default,
+        rename = "serviceExternalIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_external_ips: Vec<ServiceCidr>,
+    /// Service load balancer IP ranges every node announces.
+    #[serde(
+        default,
+        rename = "serviceLoadBalancerIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_load_balancer_ips: Vec<ServiceCidr>,
 }
 
 /// A BGP peer outside the node mesh: a top-of-rack router or a route reflector.
@@ -71,6 +105,13 @@ pub struct BGPPeerSpec {
     /// The peer is a route reflector client of the nodes.
     #[serde(default)]
     pub route_reflector_client: bool,
+    /// Accept a default route (`0.0.0.0/0`, `::/0`) from this peer; it is
+    /// installed beside the node's own default route, which keeps priority.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_default_route: bool,
+    /// Names of BGPFilters applied to this peer, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
 }
 
 /// A pool of pod addresses, cut into per-node blocks.
@@ -101,7 +142,12 @@ pub fn all()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![BGPConfiguration::crd(), BGPPeer::crd(), IPPool::crd()]
+    vec![
+        BGPConfiguration::crd(),
+        BGPPeer::crd(),
+        IPPool::crd(),
+        BGPFilter::crd(),
+    ]
 }
 
 /// `manifests/crds.yaml` as it must read.

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, warn};
 
@@ -65,6 +65,9 @@ pub fn parse_manifests(path: &Path, text: &str) -> Result<Vec<Object>, Datastore
             ("tabby.dev/v1alpha1", "BGPPeer") => {
                 Object::BgpPeer(Box::new(from_value::<BGPPeer>(value).map_err(err)?))
             }
+            ("tabby.dev/v1alpha1", "BGPFilter") => {
+                Object::BgpFilter(Box::new(from_value::<BGPFilter>(value).map_err(err)?))
+            }
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
             _ => {
                 debug!(path = %path.display(), %api, %kind, "skipping a kind the agent does not watch");
@@ -88,7 +91,8 @@ fn default_namespace(mut obj: Object) -> Object {
         Object::Namespace(_)
         | Object::Node(_)
         | Object::BgpConfiguration(_)
-        | Object::BgpPeer(_) => None,
+        | Object::BgpPeer(_)
+        | Object::BgpFilter(_) => None,
     };
     if let Some(m) = meta
         && m.namespace.as_deref().is_none_or(str::is_empty)
@@ -116,6 +120,7 @@ fn fingerprint(o: &Object) -> u64 {
         Object::Node(x) => serde_json::to_vec(x),
         Object::BgpConfiguration(x) => serde_json::to_vec(x),
         Object::BgpPeer(x) => serde_json::to_vec(x),
+        Object::BgpFilter(x) => serde_json::to_vec(x),
     };
     bytes.unwrap_or_default().hash(&mut h);
     h.finish()

@@ -86,7 +86,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, DefaultBackoff};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -154,7 +154,8 @@ impl KubeDatastore {
             watch_kind::<NetworkPolicy>(self.client.clone(), tx.clone()),
             watch_kind::<Node>(self.client.clone(), tx.clone()),
             watch_kind::<BGPConfiguration>(self.client.clone(), tx.clone()),
-            watch_kind::<BGPPeer>(self.client, tx),
+            watch_kind::<BGPPeer>(self.client.clone(), tx.clone()),
+            watch_kind::<BGPFilter>(self.client, tx),
         );
     }
 }
@@ -243,6 +244,15 @@ impl Watched for BGPPeer {
 
     fn into_object(self) -> Object {
         Object::BgpPeer(Box::new(self))
+    }
+}
+
+impl Watched for BGPFilter {
+    const KIND: Kind = Kind::BgpFilter;
+    const OPTIONAL: bool = true;
+
+    fn into_object(self) -> Object {
+        Object::BgpFilter(Box::new(self))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The datastore: where the agent learns about Pods, Namespaces,
 //! NetworkPolicies, Nodes and tabby's BGP resources (BGPConfiguration,
-//! BGPPeer). Two backends produce the same stream of
+//! BGPPeer, BGPFilter). Two backends produce the same stream of
 //! [`Event`]s: Kubernetes (watchers) and a directory of manifests (the lab,
 //! standalone nodes, tests).
 //!
@@ -15,7 +15,7 @@ pub mod kube;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 
 /// The kinds the agent watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,16 +32,19 @@ pub enum Kind {
     BgpConfiguration,
     /// `tabby.dev/v1alpha1/BGPPeer`.
     BgpPeer,
+    /// `tabby.dev/v1alpha1/BGPFilter`.
+    BgpFilter,
 }
 
 impl Kind {
     /// Every kind, in the order of an initial sync (namespaces before the
     /// pods and policies that refer to them).
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Node,
         Kind::BgpConfiguration,
         Kind::BgpPeer,
+        Kind::BgpFilter,
         Kind::Pod,
         Kind::NetworkPolicy,
     ];
@@ -62,6 +65,8 @@ pub enum Object {
     BgpConfiguration(Box<BGPConfiguration>),
     /// A BGPPeer.
     BgpPeer(Box<BGPPeer>),
+    /// A BGPFilter.
+    BgpFilter(Box<BGPFilter>),
 }
 
 impl Object {
@@ -74,6 +79,7 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::BgpConfiguration(_) => Kind::BgpConfiguration,
             Object::BgpPeer(_) => Kind::BgpPeer,
+            Object::BgpFilter(_) => Kind::BgpFilter,
         }
     }
 
@@ -86,6 +92,7 @@ impl Object {
             Object::Node(o) => &o.metadata,
             Object::BgpConfiguration(o) => &o.metadata,
             Object::BgpPeer(o) => &o.metadata,
+            Object::BgpFilter(o) => &o.metadata,
         }
     }
 

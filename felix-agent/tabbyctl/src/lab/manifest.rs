@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 
 /// One document of a lab manifest.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,8 @@ pub enum LabObject {
     BgpConfiguration(Box<BGPConfiguration>),
     /// `tabby.dev/v1alpha1/BGPPeer`.
     BgpPeer(Box<BGPPeer>),
+    /// `tabby.dev/v1alpha1/BGPFilter`.
+    BgpFilter(Box<BGPFilter>),
     /// A CustomResourceDefinition: the lab's datastore knows tabby's kinds
     /// already, so applying the CRDs is accepted and changes nothing.
     Crd(String),
@@ -68,6 +70,7 @@ impl LabObject {
                 format!("BGPConfiguration/{}", name_of(&o.metadata))
             }
             LabObject::BgpPeer(o) => format!("BGPPeer/{}", name_of(&o.metadata)),
+            LabObject::BgpFilter(o) => format!("BGPFilter/{}", name_of(&o.metadata)),
             LabObject::Crd(name) => format!("CustomResourceDefinition/{name}"),
         }
     }
@@ -83,6 +86,7 @@ impl LabObject {
             }
             LabObject::BgpConfiguration(o) => ("bgpconfiguration", "", name_of(&o.metadata)),
             LabObject::BgpPeer(o) => ("bgppeer", "", name_of(&o.metadata)),
+            LabObject::BgpFilter(o) => ("bgpfilter", "", name_of(&o.metadata)),
             LabObject::Crd(_) => return None,
         };
         Some(object_file(kind, ns, name))
@@ -96,6 +100,7 @@ impl LabObject {
             LabObject::NetworkPolicy(o) => serde_json::to_string_pretty(o),
             LabObject::BgpConfiguration(o) => serde_json::to_string_pretty(o),
             LabObject::BgpPeer(o) => serde_json::to_string_pretty(o),
+            LabObject::BgpFilter(o) => serde_json::to_string_pretty(o),
             LabObject::Crd(_) => Ok(String::new()),
         }
     }
@@ -168,7 +173,14 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
                 LabObject::NetworkPolicy(Box::new(np))
             }
             ("tabby.dev/v1alpha1", "BGPConfiguration") => {
-                LabObject::BgpConfiguration(Box::new(typed(value).map_err(err)?))
+                let c: BGPConfiguration = typed(value).map_err(err)?;
+                c.spec.advertisements().map_err(|e| err(e.to_string()))?;
+                LabObject::BgpConfiguration(Box::new(c))
+            }
+            ("tabby.dev/v1alpha1", "BGPFilter") => {
+                let f: BGPFilter = typed(value).map_err(err)?;
+                f.spec.parse().map_err(|e| err(e.to_string()))?;
+                LabObject::BgpFilter(Box::new(f))
             }
             ("tabby.dev/v1alpha1", "BGPPeer") => {
                 let peer: BGPPeer = typed(value).map_err(err)?;
@@ -196,7 +208,7 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
             (api, kind) => {
                 return Err(err(format!(
-                    "{api}/{kind} is not something the lab runs (Namespace, Pod, NetworkPolicy, BGPConfiguration, BGPPeer)"
+                    "{api}/{kind} is not something the lab runs (Namespace, Pod, NetworkPolicy, BGPConfiguration, BGPPeer, BGPFilter)"
                 )));
             }
         };
@@ -213,6 +225,7 @@ fn check_names(obj: &LabObject) -> Result<(), String> {
         LabObject::NetworkPolicy(o) => (&o.metadata, true, false),
         LabObject::BgpConfiguration(o) => (&o.metadata, false, false),
         LabObject::BgpPeer(o) => (&o.metadata, false, false),
+        LabObject::BgpFilter(o) => (&o.metadata, false, false),
         LabObject::Crd(_) => return Ok(()),
     };
     let name = name_of(meta);
