@@ -452,8 +452,14 @@ impl Agent {
             node_blocks: &self.node_blocks,
             filters: &self.bgp_filters,
         };
+        // Validated when the object was taken.
+        let adv = self
+            .bgp_config
+            .as_ref()
+            .and_then(|c| c.advertisements().ok())
+            .unwrap_or_default();
         let members = Arc::new(cluster.members());
-        let mesh_policy = bgp_policy::Cluster::cluster_policy(&members);
+        let mesh_policy = bgp_policy::Cluster::cluster_policy(&members, &adv.service_cidrs);
         let mut peers: BTreeMap<IpAddr, PeerIntent> = BTreeMap::new();
         if mesh_on {
             for (name, ip) in &self.nodes {
@@ -514,12 +520,6 @@ impl Agent {
                 },
             );
         }
-        // Validated when the object was taken.
-        let adv = self
-            .bgp_config
-            .as_ref()
-            .and_then(|c| c.advertisements().ok())
-            .unwrap_or_default();
         let mut announce = self.blocks.clone();
         announce.extend(adv.service_cidrs);
         Some((

@@ -87,10 +87,23 @@ impl Cluster<'_> {
         Members { blocks }
     }
 
-    /// The policy of a cluster peer (`members` shared by all of them).
-    pub fn cluster_policy(members: &Arc<Members>) -> PeerPolicy {
+    /// The policy of a cluster peer (`members` shared by all of them):
+    /// the Service ranges every node announces are for routers outside,
+    /// never sent into the cluster (each node has them itself, and the
+    /// others would refuse them).
+    pub fn cluster_policy(members: &Arc<Members>, service_cidrs: &[IpNet]) -> PeerPolicy {
+        let rules = service_cidrs
+            .iter()
+            .map(|cidr| Rule {
+                cidr: *cidr,
+                operator: MatchOperator::Equal,
+                prefix_length: None,
+                action: Action::Reject,
+            })
+            .collect();
         PeerPolicy {
             import: ImportPolicy::Members(members.clone()),
+            export: Arc::new(ExportPolicy { rules }),
             ..PeerPolicy::default()
         }
     }
@@ -229,7 +242,10 @@ mod tests {
     fn mesh_peers_may_send_their_own_blocks_and_pods_only() {
         let f = fixture();
         let m = Arc::new(cluster(&f).members());
-        let p = Cluster::cluster_policy(&m).import;
+        let policy = Cluster::cluster_policy(&m, &[net("10.96.0.0/12")]);
+        assert!(!policy.export.allows(&net("10.96.0.0/12")));
+        assert!(policy.export.allows(&net("10.244.1.0/24")));
+        let p = policy.import;
         assert!(p.check(&net("10.244.2.0/24"), ip("10.99.0.12")).is_ok());
         assert!(p.check(&net("10.244.2.9/32"), ip("10.99.0.12")).is_ok());
         assert!(p.check(&net("10.244.3.9/32"), ip("10.99.0.12")).is_err());
