@@ -27,6 +27,7 @@ use crate::datastore::{Event, Kind, Object, ObjectRef};
 use crate::metrics::Metrics;
 use crate::nft::{self, Compiled, EndpointState};
 use crate::routes::{self, EndpointRoute};
+use crate::service_routes::ServiceIndex;
 
 /// Settings of one agent.
 #[derive(Debug, Clone)]
@@ -73,6 +74,8 @@ pub struct Agent {
     node_blocks: BTreeMap<String, Vec<IpNet>>,
     /// Valid BGPFilter objects by name, parsed.
     bgp_filters: BTreeMap<String, Filter>,
+    /// Services and EndpointSlices, for `externalTrafficPolicy: Local`.
+    services: ServiceIndex,
     /// The node's blocks changed: reconcile routes at the next tick rather
     /// than within the periodic 10 s (the blackholes, and in a cluster the
     /// NetworkUnavailable condition, wait on it).
@@ -173,6 +176,7 @@ impl Agent {
             bgp_peers: BTreeMap::new(),
             node_blocks: BTreeMap::new(),
             bgp_filters: BTreeMap::new(),
+            services: ServiceIndex::default(),
             routes_dirty: false,
             barrier_seen: None,
             barrier_done: None,
@@ -289,6 +293,15 @@ impl Agent {
                 let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
                 self.bgp_filters.retain(|n, _| keep.contains(n));
             }
+            Kind::Service | Kind::EndpointSlice => {
+                let keep: BTreeSet<(String, String)> =
+                    keep.iter().map(|r| (ns_of(r), r.name.clone())).collect();
+                if kind == Kind::Service {
+                    self.services.retain_services(&keep);
+                } else {
+                    self.services.retain_slices(&keep);
+                }
+            }
         }
     }
 
@@ -334,6 +347,8 @@ impl Agent {
                 let name = p.metadata.name.clone().unwrap_or_default();
                 self.bgp_peers.insert(name, p.spec);
             }
+            Object::Service(s) => self.services.apply_service(&s),
+            Object::EndpointSlice(e) => self.services.apply_slice(&e),
             Object::BgpFilter(f) => {
                 let name = f.metadata.name.clone().unwrap_or_default();
                 match f.spec.parse() {
@@ -431,6 +446,8 @@ impl Agent {
             Kind::BgpFilter => {
                 self.bgp_filters.remove(&r.name);
             }
+            Kind::Service => self.services.delete_service(&ns, &r.name),
+            Kind::EndpointSlice => self.services.delete_slice(&ns, &r.name),
         }
     }
 
@@ -521,6 +538,10 @@ impl Agent {
             );
         }
         let mut announce = self.blocks.clone();
+        announce.extend(
+            self.services
+                .host_routes(&self.cfg.node_name, &adv.service_cidrs),
+        );
         announce.extend(adv.service_cidrs);
         Some((
             router_id,

@@ -88,7 +88,8 @@ impl Cluster<'_> {
     }
 
     /// The policy of a cluster peer (`members` shared by all of them):
-    /// the Service ranges every node announces are for routers outside,
+    /// the Service ranges every node announces (and the host routes of
+    /// `Local` Services inside them) are for routers outside,
     /// never sent into the cluster (each node has them itself, and the
     /// others would refuse them).
     pub fn cluster_policy(members: &Arc<Members>, service_cidrs: &[IpNet]) -> PeerPolicy {
@@ -96,7 +97,7 @@ impl Cluster<'_> {
             .iter()
             .map(|cidr| Rule {
                 cidr: *cidr,
-                operator: MatchOperator::Equal,
+                operator: MatchOperator::In,
                 prefix_length: None,
                 action: Action::Reject,
             })
@@ -244,6 +245,7 @@ mod tests {
         let m = Arc::new(cluster(&f).members());
         let policy = Cluster::cluster_policy(&m, &[net("10.96.0.0/12")]);
         assert!(!policy.export.allows(&net("10.96.0.0/12")));
+        assert!(!policy.export.allows(&net("10.96.0.10/32")));
         assert!(policy.export.allows(&net("10.244.1.0/24")));
         let p = policy.import;
         assert!(p.check(&net("10.244.2.0/24"), ip("10.99.0.12")).is_ok());

@@ -12,3 +12,4 @@ pub mod nft;
 pub mod node_status;
 pub mod routes;
 pub mod server;
+pub mod service_routes;

@@ -436,11 +436,20 @@ fn a_bgpfilter_lets_the_default_route_in_beside_the_nodes_own_and_bird_sees_comm
     let config = "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\n\
                   spec:\n  communities: [{name: rack, value: '65000:1:2'}]\n  \
                   prefixAdvertisements: [{cidr: 10.244.0.0/16, communities: ['65000:100', rack]}]\n  \
-                  serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n";
+                  serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n  \
+                  serviceExternalIPs: [{cidr: 198.51.100.0/24}]\n";
+    // A Local Service whose only endpoint is on node-2.
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
+                   spec: {clusterIP: 10.96.0.10, externalIPs: [198.51.100.10], externalTrafficPolicy: Local}\n";
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\n\
+                 addressType: IPv4\nendpoints: [{addresses: [10.244.2.9], nodeName: node-2}]\n";
     lab.apply(
         &[
             filter.to_string(),
             config.to_string(),
+            service.to_string(),
+            slice.to_string(),
             bgppeer("tor", "10.99.0.250", 65000, ", filters: [default-in]"),
         ]
         .join("---\n"),
@@ -468,14 +477,25 @@ fn a_bgpfilter_lets_the_default_route_in_beside_the_nodes_own_and_bird_sees_comm
             .count()
             == 2
     });
-    // Without the Service range in the configuration it is withdrawn.
+    // The Local Service's addresses only from the node hosting its endpoint.
+    for host in ["198.51.100.10/32", "10.96.0.10/32"] {
+        eventually_or(
+            &format!("BIRD learns {host} from node-2 only"),
+            60,
+            || {
+                let all = bird.birdc(&format!("show route {host} all"));
+                all.matches("BGP.next_hop").count() == 1 && all.contains("via 10.99.0.12")
+            },
+            || bird.birdc("show route all"),
+        );
+    }
+    // Without the Service ranges in the configuration they are withdrawn.
     lab.apply(
         "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {}\n",
     );
-    eventually("the Service range is withdrawn", 60, || {
-        !bird
-            .birdc("show route 10.96.0.0/12")
-            .contains("10.96.0.0/12")
+    eventually("the Service ranges are withdrawn", 60, || {
+        let r = bird.birdc("show route");
+        !r.contains("10.96.0.") && !r.contains("198.51.100.")
     });
     // Without the filter the default route goes; the node's own stays.
     lab.apply(&bgppeer("tor", "10.99.0.250", 65000, ""));

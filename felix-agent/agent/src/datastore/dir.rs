@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
@@ -65,6 +66,12 @@ pub fn parse_manifests(path: &Path, text: &str) -> Result<Vec<Object>, Datastore
             ("tabby.dev/v1alpha1", "BGPPeer") => {
                 Object::BgpPeer(Box::new(from_value::<BGPPeer>(value).map_err(err)?))
             }
+            ("v1", "Service") => {
+                Object::Service(Box::new(from_value::<Service>(value).map_err(err)?))
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                Object::EndpointSlice(Box::new(from_value::<EndpointSlice>(value).map_err(err)?))
+            }
             ("tabby.dev/v1alpha1", "BGPFilter") => {
                 Object::BgpFilter(Box::new(from_value::<BGPFilter>(value).map_err(err)?))
             }
@@ -88,6 +95,8 @@ fn default_namespace(mut obj: Object) -> Object {
     let meta = match &mut obj {
         Object::Pod(o) => Some(&mut o.metadata),
         Object::NetworkPolicy(o) => Some(&mut o.metadata),
+        Object::Service(o) => Some(&mut o.metadata),
+        Object::EndpointSlice(o) => Some(&mut o.metadata),
         Object::Namespace(_)
         | Object::Node(_)
         | Object::BgpConfiguration(_)
@@ -121,6 +130,8 @@ fn fingerprint(o: &Object) -> u64 {
         Object::BgpConfiguration(x) => serde_json::to_vec(x),
         Object::BgpPeer(x) => serde_json::to_vec(x),
         Object::BgpFilter(x) => serde_json::to_vec(x),
+        Object::Service(x) => serde_json::to_vec(x),
+        Object::EndpointSlice(x) => serde_json::to_vec(x),
     };
     bytes.unwrap_or_default().hash(&mut h);
     h.finish()

@@ -79,7 +79,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -155,7 +157,9 @@ impl KubeDatastore {
             watch_kind::<Node>(self.client.clone(), tx.clone()),
             watch_kind::<BGPConfiguration>(self.client.clone(), tx.clone()),
             watch_kind::<BGPPeer>(self.client.clone(), tx.clone()),
-            watch_kind::<BGPFilter>(self.client, tx),
+            watch_kind::<BGPFilter>(self.client.clone(), tx.clone()),
+            watch_kind::<Service>(self.client.clone(), tx.clone()),
+            watch_kind::<EndpointSlice>(self.client, tx),
         );
     }
 }
@@ -244,6 +248,22 @@ impl Watched for BGPPeer {
 
     fn into_object(self) -> Object {
         Object::BgpPeer(Box::new(self))
+    }
+}
+
+impl Watched for Service {
+    const KIND: Kind = Kind::Service;
+
+    fn into_object(self) -> Object {
+        Object::Service(Box::new(self))
+    }
+}
+
+impl Watched for EndpointSlice {
+    const KIND: Kind = Kind::EndpointSlice;
+
+    fn into_object(self) -> Object {
+        Object::EndpointSlice(Box::new(self))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The datastore: where the agent learns about Pods, Namespaces,
 //! NetworkPolicies, Nodes and tabby's BGP resources (BGPConfiguration,
-//! BGPPeer, BGPFilter). Two backends produce the same stream of
+//! BGPPeer, BGPFilter), Services and EndpointSlices (for the BGP
+//! announcements of `externalTrafficPolicy: Local` Services). Two backends produce the same stream of
 //! [`Event`]s: Kubernetes (watchers) and a directory of manifests (the lab,
 //! standalone nodes, tests).
 //!
@@ -13,7 +14,8 @@
 pub mod dir;
 pub mod kube;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 
@@ -34,17 +36,23 @@ pub enum Kind {
     BgpPeer,
     /// `tabby.dev/v1alpha1/BGPFilter`.
     BgpFilter,
+    /// `v1/Service`.
+    Service,
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice,
 }
 
 impl Kind {
     /// Every kind, in the order of an initial sync (namespaces before the
     /// pods and policies that refer to them).
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Node,
         Kind::BgpConfiguration,
         Kind::BgpPeer,
         Kind::BgpFilter,
+        Kind::Service,
+        Kind::EndpointSlice,
         Kind::Pod,
         Kind::NetworkPolicy,
     ];
@@ -67,6 +75,10 @@ pub enum Object {
     BgpPeer(Box<BGPPeer>),
     /// A BGPFilter.
     BgpFilter(Box<BGPFilter>),
+    /// A Service.
+    Service(Box<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
 }
 
 impl Object {
@@ -80,6 +92,8 @@ impl Object {
             Object::BgpConfiguration(_) => Kind::BgpConfiguration,
             Object::BgpPeer(_) => Kind::BgpPeer,
             Object::BgpFilter(_) => Kind::BgpFilter,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
         }
     }
 
@@ -93,6 +107,8 @@ impl Object {
             Object::BgpConfiguration(o) => &o.metadata,
             Object::BgpPeer(o) => &o.metadata,
             Object::BgpFilter(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
         }
     }
 

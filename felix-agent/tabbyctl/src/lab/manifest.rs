@@ -2,7 +2,8 @@
 //! of Namespaces, Pods, NetworkPolicies and tabby's CRDs, checked whole
 //! before anything changes.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
@@ -22,6 +23,10 @@ pub enum LabObject {
     BgpPeer(Box<BGPPeer>),
     /// `tabby.dev/v1alpha1/BGPFilter`.
     BgpFilter(Box<BGPFilter>),
+    /// `v1/Service`: only read by the agents' BGP (no Service proxy in the lab).
+    Service(Box<Service>),
+    /// `discovery.k8s.io/v1/EndpointSlice`: which nodes host a Service's endpoints.
+    EndpointSlice(Box<EndpointSlice>),
     /// A CustomResourceDefinition: the lab's datastore knows tabby's kinds
     /// already, so applying the CRDs is accepted and changes nothing.
     Crd(String),
@@ -71,6 +76,14 @@ impl LabObject {
             }
             LabObject::BgpPeer(o) => format!("BGPPeer/{}", name_of(&o.metadata)),
             LabObject::BgpFilter(o) => format!("BGPFilter/{}", name_of(&o.metadata)),
+            LabObject::Service(o) => {
+                format!("Service/{}/{}", ns_of(&o.metadata), name_of(&o.metadata))
+            }
+            LabObject::EndpointSlice(o) => format!(
+                "EndpointSlice/{}/{}",
+                ns_of(&o.metadata),
+                name_of(&o.metadata)
+            ),
             LabObject::Crd(name) => format!("CustomResourceDefinition/{name}"),
         }
     }
@@ -87,6 +100,10 @@ impl LabObject {
             LabObject::BgpConfiguration(o) => ("bgpconfiguration", "", name_of(&o.metadata)),
             LabObject::BgpPeer(o) => ("bgppeer", "", name_of(&o.metadata)),
             LabObject::BgpFilter(o) => ("bgpfilter", "", name_of(&o.metadata)),
+            LabObject::Service(o) => ("service", ns_of(&o.metadata), name_of(&o.metadata)),
+            LabObject::EndpointSlice(o) => {
+                ("endpointslice", ns_of(&o.metadata), name_of(&o.metadata))
+            }
             LabObject::Crd(_) => return None,
         };
         Some(object_file(kind, ns, name))
@@ -101,6 +118,8 @@ impl LabObject {
             LabObject::BgpConfiguration(o) => serde_json::to_string_pretty(o),
             LabObject::BgpPeer(o) => serde_json::to_string_pretty(o),
             LabObject::BgpFilter(o) => serde_json::to_string_pretty(o),
+            LabObject::Service(o) => serde_json::to_string_pretty(o),
+            LabObject::EndpointSlice(o) => serde_json::to_string_pretty(o),
             LabObject::Crd(_) => Ok(String::new()),
         }
     }
@@ -177,6 +196,16 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
                 c.spec.advertisements().map_err(|e| err(e.to_string()))?;
                 LabObject::BgpConfiguration(Box::new(c))
             }
+            ("v1", "Service") => {
+                let mut s: Service = typed(value).map_err(err)?;
+                s.metadata.namespace = Some(ns_of(&s.metadata).to_string());
+                LabObject::Service(Box::new(s))
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                let mut e: EndpointSlice = typed(value).map_err(err)?;
+                e.metadata.namespace = Some(ns_of(&e.metadata).to_string());
+                LabObject::EndpointSlice(Box::new(e))
+            }
             ("tabby.dev/v1alpha1", "BGPFilter") => {
                 let f: BGPFilter = typed(value).map_err(err)?;
                 f.spec.parse().map_err(|e| err(e.to_string()))?;
@@ -208,7 +237,7 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
             (api, kind) => {
                 return Err(err(format!(
-                    "{api}/{kind} is not something the lab runs (Namespace, Pod, NetworkPolicy, BGPConfiguration, BGPPeer, BGPFilter)"
+                    "{api}/{kind} is not something the lab runs (Namespace, Pod, NetworkPolicy, Service, EndpointSlice, BGPConfiguration, BGPPeer, BGPFilter)"
                 )));
             }
         };
@@ -226,6 +255,8 @@ fn check_names(obj: &LabObject) -> Result<(), String> {
         LabObject::BgpConfiguration(o) => (&o.metadata, false, false),
         LabObject::BgpPeer(o) => (&o.metadata, false, false),
         LabObject::BgpFilter(o) => (&o.metadata, false, false),
+        LabObject::Service(o) => (&o.metadata, true, true),
+        LabObject::EndpointSlice(o) => (&o.metadata, true, false),
         LabObject::Crd(_) => return Ok(()),
     };
     let name = name_of(meta);
