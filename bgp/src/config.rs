@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::packet::Family;
+use crate::policy::{PeerPolicy, PrefixCommunities};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,9 @@ pub struct Config {
     /// Prefixes this speaker originates.
     #[serde(default)]
     pub announce: Vec<IpNet>,
+    /// Communities attached to the prefixes we originate, by CIDR.
+    #[serde(default)]
+    pub communities: Vec<PrefixCommunities>,
     /// Graceful restart (RFC 4724).
     #[serde(default)]
     pub graceful_restart: GracefulRestart,
@@ -130,6 +134,10 @@ pub struct Fib {
     /// Routing table.
     #[serde(default = "default_table")]
     pub table: u32,
+    /// Metric of our routes; a route of another owner with the same prefix
+    /// and metric is never replaced.
+    #[serde(default = "default_metric")]
+    pub metric: u32,
 }
 
 impl Default for Fib {
@@ -138,6 +146,7 @@ impl Default for Fib {
             enabled: true,
             protocol: default_protocol(),
             table: default_table(),
+            metric: default_metric(),
         }
     }
 }
@@ -187,6 +196,10 @@ pub struct PeerConfig {
     /// session comes up only while BFD is Up and goes down when BFD does.
     #[serde(default)]
     pub bfd: Option<crate::bfd::BfdConfig>,
+    /// Import and export policy (library only; the binary accepts all).
+    /// Changing it does not restart the session.
+    #[serde(skip)]
+    pub policy: PeerPolicy,
 }
 
 impl PeerConfig {
@@ -206,7 +219,18 @@ impl PeerConfig {
             link_local_next_hop: false,
             export_local_only: false,
             bfd: None,
+            policy: PeerPolicy::default(),
         }
+    }
+
+    /// Whether `other` describes the same session (everything but the
+    /// policy, which can change under a running session).
+    pub fn same_session(&self, other: &PeerConfig) -> bool {
+        let strip = |c: &PeerConfig| PeerConfig {
+            policy: PeerPolicy::default(),
+            ..c.clone()
+        };
+        strip(self) == strip(other)
     }
 }
 
@@ -225,6 +249,7 @@ impl Config {
             multipath: true,
             next_hop_v6: None,
             announce: Vec::new(),
+            communities: Vec::new(),
             graceful_restart: GracefulRestart::default(),
             fib: Fib::default(),
             control_socket: None,
@@ -315,6 +340,9 @@ fn default_protocol() -> u8 {
 }
 fn default_table() -> u32 {
     254
+}
+fn default_metric() -> u32 {
+    crate::fib::DEFAULT_METRIC
 }
 fn default_port() -> u16 {
     179

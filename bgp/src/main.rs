@@ -131,7 +131,7 @@ fn run(path: PathBuf, no_fib: bool, control_socket: Option<PathBuf>) -> anyhow::
         cfg.control_socket = control_socket;
     }
     let fib = if cfg.fib.enabled && !no_fib {
-        let f = FibInstaller::new(cfg.fib.protocol, cfg.fib.table)
+        let f = FibInstaller::with_metric(cfg.fib.protocol, cfg.fib.table, cfg.fib.metric)
             .context("opening the kernel route installer")?;
         if f.leftovers() > 0 && cfg.graceful_restart.enabled {
             info!(

@@ -15,18 +15,20 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodIP};
 use tabby_common::agent::{AgentRequest, AgentResponse};
 use tabby_common::endpoint::{EndpointRecord, EndpointStore};
 use tabby_common::ipam::{blocks_path, read_blocks, write_blocks};
-use tabby_crds::{BGPConfigurationSpec, BGPPeerSpec};
+use tabby_crds::{BGPConfigurationSpec, BGPPeerSpec, Filter};
 use tabby_policy::{EndpointPolicy, PodKey, PolicyIndex};
 use tabby_sys::Netlink;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::bgp::{BgpIntent, PeerIntent};
+use crate::bgp_policy::{self, PeerKind};
 use crate::datastore::{Event, Kind, Object, ObjectRef};
 use crate::metrics::Metrics;
 use crate::nft::{self, Compiled, EndpointState};
 use crate::peer_secrets::PeerSecrets;
 use crate::routes::{self, EndpointRoute};
+use crate::service_routes::ServiceIndex;
 
 /// Settings of one agent.
 #[derive(Debug, Clone)]
@@ -71,6 +73,12 @@ pub struct Agent {
     bgp_peers: BTreeMap<String, BGPPeerSpec>,
     /// The Secrets of the agent's namespace (BGP passwords).
     peer_secrets: PeerSecrets,
+    /// Every node's blocks (podCIDRs), for the BGP import policy.
+    node_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// Valid BGPFilter objects by name, parsed.
+    bgp_filters: BTreeMap<String, Filter>,
+    /// Services and EndpointSlices, for `externalTrafficPolicy: Local`.
+    services: ServiceIndex,
     /// The node's blocks changed: reconcile routes at the next tick rather
     /// than within the periodic 10 s (the blackholes, and in a cluster the
     /// NetworkUnavailable condition, wait on it).
@@ -170,6 +178,9 @@ impl Agent {
             bgp_config: None,
             bgp_peers: BTreeMap::new(),
             peer_secrets: PeerSecrets::default(),
+            node_blocks: BTreeMap::new(),
+            bgp_filters: BTreeMap::new(),
+            services: ServiceIndex::default(),
             routes_dirty: false,
             barrier_seen: None,
             barrier_done: None,
@@ -271,6 +282,7 @@ impl Agent {
             Kind::Node => {
                 let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
                 self.nodes.retain(|n, _| keep.contains(n));
+                self.node_blocks.retain(|n, _| keep.contains(n));
             }
             Kind::BgpConfiguration => {
                 if !keep.iter().any(|r| r.name == "default") {
@@ -284,6 +296,19 @@ impl Agent {
             Kind::Secret => {
                 let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
                 self.peer_secrets.retain(&keep);
+            }
+            Kind::BgpFilter => {
+                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
+                self.bgp_filters.retain(|n, _| keep.contains(n));
+            }
+            Kind::Service | Kind::EndpointSlice => {
+                let keep: BTreeSet<(String, String)> =
+                    keep.iter().map(|r| (ns_of(r), r.name.clone())).collect();
+                if kind == Kind::Service {
+                    self.services.retain_services(&keep);
+                } else {
+                    self.services.retain_slices(&keep);
+                }
             }
         }
     }
@@ -308,7 +333,8 @@ impl Agent {
             }
             Object::Node(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
-                self.nodes.insert(name, node_address(&n));
+                self.nodes.insert(name.clone(), node_address(&n));
+                self.node_blocks.insert(name, bgp_policy::pod_cidrs(&n));
                 self.node_changed(&n);
             }
             Object::BgpConfiguration(c) => {
@@ -324,7 +350,12 @@ impl Agent {
                         warn!(error = %e, "refusing BGPConfiguration default: keeping the previous one");
                         return;
                     }
-                    self.bgp_config = Some(c.spec);
+                    match c.spec.advertisements() {
+                        Ok(_) => self.bgp_config = Some(c.spec),
+                        Err(e) => {
+                            warn!(error = %e, "refusing the BGPConfiguration; the previous one stays");
+                        }
+                    }
                 } else {
                     debug!("ignoring a BGPConfiguration not named `default`");
                 }
@@ -343,6 +374,19 @@ impl Agent {
                 self.bgp_peers.insert(name, p.spec);
             }
             Object::Secret(s) => self.peer_secrets.apply(*s),
+            Object::Service(s) => self.services.apply_service(&s),
+            Object::EndpointSlice(e) => self.services.apply_slice(&e),
+            Object::BgpFilter(f) => {
+                let name = f.metadata.name.clone().unwrap_or_default();
+                match f.spec.parse() {
+                    Ok(parsed) => {
+                        self.bgp_filters.insert(name, parsed);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "refusing the BGPFilter; the previous version stays");
+                    }
+                }
+            }
         }
     }
 
@@ -416,6 +460,7 @@ impl Agent {
             }
             Kind::Node => {
                 self.nodes.remove(&r.name);
+                self.node_blocks.remove(&r.name);
             }
             Kind::BgpConfiguration => {
                 if r.name == "default" {
@@ -426,6 +471,11 @@ impl Agent {
                 self.bgp_peers.remove(&r.name);
             }
             Kind::Secret => self.peer_secrets.remove(&r.name),
+            Kind::BgpFilter => {
+                self.bgp_filters.remove(&r.name);
+            }
+            Kind::Service => self.services.delete_service(&ns, &r.name),
+            Kind::EndpointSlice => self.services.delete_slice(&ns, &r.name),
         }
     }
 
@@ -447,6 +497,20 @@ impl Agent {
             .as_ref()
             .and_then(|c| c.node_to_node_mesh_bfd.as_ref())
             .and_then(|b| crate::bgp::bfd_config("spec.nodeToNodeMeshBFD", b).ok());
+        let cluster = bgp_policy::Cluster {
+            asn,
+            nodes: &self.nodes,
+            node_blocks: &self.node_blocks,
+            filters: &self.bgp_filters,
+        };
+        // Validated when the object was taken.
+        let adv = self
+            .bgp_config
+            .as_ref()
+            .and_then(|c| c.advertisements().ok())
+            .unwrap_or_default();
+        let members = Arc::new(cluster.members());
+        let mesh_policy = bgp_policy::Cluster::cluster_policy(&members, &adv.service_cidrs);
         let mut peers: BTreeMap<IpAddr, PeerIntent> = BTreeMap::new();
         if mesh_on {
             for (name, ip) in &self.nodes {
@@ -463,6 +527,7 @@ impl Agent {
                             rr_client: false,
                             mesh: true,
                             bfd: mesh_bfd,
+                            policy: mesh_policy.clone(),
                         },
                     );
                 }
@@ -491,6 +556,16 @@ impl Agent {
                     continue;
                 }
             };
+            let policy = match cluster.kind_of(p, address) {
+                PeerKind::Cluster => mesh_policy.clone(),
+                PeerKind::External => {
+                    let (policy, missing) = cluster.external_policy(p);
+                    if !missing.is_empty() {
+                        warn!(peer = %name, ?missing, "BGPPeer refers to BGPFilters that do not exist: accepting nothing from it");
+                    }
+                    policy
+                }
+            };
             // An explicit peer wins over the mesh entry for the same
             // address (say, a node that is also a route reflector).
             peers.insert(
@@ -506,15 +581,23 @@ impl Agent {
                         .bfd
                         .as_ref()
                         .and_then(|b| crate::bgp::bfd_config("spec.bfd", b).ok()),
+                    policy,
                 },
             );
         }
+        let mut announce = self.blocks.clone();
+        announce.extend(
+            self.services
+                .host_routes(&self.cfg.node_name, &adv.service_cidrs),
+        );
+        announce.extend(adv.service_cidrs);
         Some((
             router_id,
             BgpIntent {
                 asn,
-                announce: self.blocks.clone(),
+                announce,
                 peers: peers.into_values().collect(),
+                communities: adv.communities,
             },
         ))
     }

@@ -3,6 +3,11 @@
 //! objects, next hop = the other node, no encapsulation); a dedicated thread
 //! installs what it learns as kernel routes with protocol 151.
 //!
+//! Import and export policy per neighbour comes from [`crate::bgp_policy`];
+//! here the node's connected subnets are added to it (read from the kernel
+//! each time the intent is applied), and learned routes go into the kernel
+//! with tabby's metric, never over a route of another owner.
+//!
 //! Graceful restart: when the agent starts and finds its own BGP routes
 //! still in the kernel (it was restarted), it says so in its OPEN; peers
 //! keep its routes, and the leftovers are kept until the speaker has
@@ -14,6 +19,7 @@ use ipnet::IpNet;
 use tabby_bgp::bfd::BfdConfig;
 use tabby_bgp::config::{Config, PeerConfig};
 use tabby_bgp::fib::FibInstaller;
+use tabby_bgp::policy::{PeerPolicy, PrefixCommunities};
 use tabby_bgp::speaker::{RibEvent, Speaker, SpeakerHandle};
 use tabby_common::naming::RTPROT_TABBY_BGP;
 use tabby_crds::password::Password;
@@ -49,6 +55,9 @@ pub struct PeerIntent {
     pub rr_client: bool,
     /// Another node of the mesh (else an external peer from a BGPPeer).
     pub mesh: bool,
+    /// What it may send us and be sent (the driver adds the node's
+    /// connected subnets to an external peer's protected ranges).
+    pub policy: PeerPolicy,
     /// BFD on this session (`BGPPeer.spec.bfd`, or
     /// `BGPConfiguration.spec.nodeToNodeMeshBFD` for the mesh).
     pub bfd: Option<BfdConfig>,
@@ -88,9 +97,11 @@ pub struct BgpIntent {
     pub announce: Vec<IpNet>,
     /// Neighbours: the other nodes (full mesh) and external peers.
     pub peers: Vec<PeerIntent>,
+    /// Communities for the announced prefixes, by CIDR.
+    pub communities: Vec<PrefixCommunities>,
 }
 
-fn peer_configs(peers: &[PeerIntent]) -> Vec<PeerConfig> {
+fn peer_configs(peers: &[PeerIntent], connected: &[IpNet]) -> Vec<PeerConfig> {
     peers
         .iter()
         .map(|p| {
@@ -104,6 +115,7 @@ fn peer_configs(peers: &[PeerIntent]) -> Vec<PeerConfig> {
             // route reflector get the reflected routes, as they asked.
             c.export_local_only = !p.mesh && !p.rr_client;
             c.bfd = p.bfd;
+            c.policy = crate::bgp_policy::with_connected(&p.policy, connected);
             c
         })
         .collect()
@@ -113,6 +125,8 @@ fn peer_configs(peers: &[PeerIntent]) -> Vec<PeerConfig> {
 pub struct Bgp {
     handle: SpeakerHandle,
     applied: BgpIntent,
+    /// The peer configurations last given to the speaker.
+    applied_peers: Vec<PeerConfig>,
 }
 
 impl std::fmt::Debug for Bgp {
@@ -173,7 +187,10 @@ impl Bgp {
         cfg.listen = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
         cfg.graceful_restart.restarting = leftovers > 0;
         cfg.announce = intent.announce.clone();
-        cfg.peers = peer_configs(&intent.peers);
+        cfg.communities = intent.communities.clone();
+        let connected = tabby_bgp::iface::connected();
+        cfg.peers = peer_configs(&intent.peers, &connected);
+        let applied_peers = cfg.peers.clone();
         let handle = Speaker::start(cfg)
             .await
             .map_err(|e| BgpError::Speaker(e.to_string()))?;
@@ -187,6 +204,7 @@ impl Bgp {
         Ok(Bgp {
             handle,
             applied: intent.clone(),
+            applied_peers,
         })
     }
 
@@ -206,15 +224,26 @@ impl Bgp {
                 }
             }
         }
-        if intent.peers != self.applied.peers {
+        if intent.communities != self.applied.communities {
+            if let Err(e) = self.handle.set_communities(intent.communities.clone()) {
+                warn!(error = %e, "setting BGP communities");
+                return;
+            }
+            info!(communities = ?intent.communities, "BGP communities");
+        }
+        // The connected subnets are part of the policy: read them again
+        // (interfaces and addresses change under a running agent).
+        let configs = peer_configs(&intent.peers, &tabby_bgp::iface::connected());
+        if configs != self.applied_peers {
             let addrs: Vec<IpAddr> = intent.peers.iter().map(|p| p.address).collect();
-            match self.handle.set_peers(peer_configs(&intent.peers)).await {
+            match self.handle.set_peers(configs.clone()).await {
                 Ok(()) => info!(peers = ?addrs, "BGP peers"),
                 Err(e) => {
                     warn!(error = %e, "setting BGP peers");
                     return;
                 }
             }
+            self.applied_peers = configs;
         }
         self.applied = intent.clone();
     }

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bgp;
+pub mod bgp_policy;
 pub mod datastore;
 pub mod install;
 pub mod metrics;
@@ -12,3 +13,4 @@ pub mod node_status;
 pub mod peer_secrets;
 pub mod routes;
 pub mod server;
+pub mod service_routes;

@@ -42,14 +42,17 @@ impl LabeledCounter {
 
 /// The kinds `tabby_invalid_objects_total` always shows, at 0 until one is
 /// refused (so that a rate over them exists from the start).
-const OBJECT_KINDS: [&str; 7] = [
+const OBJECT_KINDS: [&str; 10] = [
     "BGPConfiguration",
+    "BGPFilter",
     "BGPPeer",
+    "EndpointSlice",
     "Namespace",
     "NetworkPolicy",
     "Node",
     "Pod",
     "Secret",
+    "Service",
 ];
 
 /// Upper bounds (seconds) of the programming latency histogram.
@@ -211,6 +214,7 @@ impl Metrics {
                 ));
             }
         }
+        self.render_bgp_rejected(&mut out);
         out.push_str("# HELP tabby_dropped_packets_total Packets dropped by policy, per endpoint and direction.\n# TYPE tabby_dropped_packets_total counter\n");
         for (chain, n) in drops {
             let (dir, iface) = match chain.split_once('_') {
@@ -223,6 +227,36 @@ impl Metrics {
             ));
         }
         out
+    }
+}
+
+impl Metrics {
+    /// `tabby_bgp_prefixes_rejected_total{peer,reason}`, from the BGP
+    /// section of the status (the speaker counts, per peer and reason, the
+    /// prefixes its import policy refused), so both always agree.
+    fn render_bgp_rejected(&self, out: &mut String) {
+        out.push_str("# HELP tabby_bgp_prefixes_rejected_total Prefixes a BGP peer sent that the import policy refused, per peer and reason.\n# TYPE tabby_bgp_prefixes_rejected_total counter\n");
+        let status: serde_json::Value = match self.status.lock() {
+            Ok(s) => serde_json::from_str(&s).unwrap_or_default(),
+            Err(_) => return,
+        };
+        let Some(peers) = status["bgp"]["peers"].as_array() else {
+            return;
+        };
+        for p in peers {
+            let (Some(addr), Some(totals)) =
+                (p["address"].as_str(), p["rejectedTotal"].as_object())
+            else {
+                continue;
+            };
+            for (reason, n) in totals {
+                if let Some(n) = n.as_u64() {
+                    out.push_str(&format!(
+                        "tabby_bgp_prefixes_rejected_total{{peer=\"{addr}\",reason=\"{reason}\"}} {n}\n"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -246,5 +280,19 @@ mod tests {
         assert!(text.contains(
             "tabby_dropped_packets_total{interface=\"tab0123456789ab\",direction=\"ingress\"} 7\n"
         ));
+    }
+
+    #[test]
+    fn refused_bgp_prefixes_are_counted_per_peer_and_reason() {
+        let m = Metrics::default();
+        m.set_status(
+            r#"{"bgp":{"peers":[{"address":"10.99.0.250","rejectedTotal":{"default-route":1,"pod-space":3}}]}}"#
+                .into(),
+        );
+        let text = m.render(&[]);
+        assert!(text.contains(
+            "tabby_bgp_prefixes_rejected_total{peer=\"10.99.0.250\",reason=\"pod-space\"} 3\n"
+        ));
+        assert!(text.contains("reason=\"default-route\"} 1\n"));
     }
 }

@@ -13,6 +13,13 @@ pub mod validate;
 
 pub use password::{BgpPassword, Password, SecretKeyRef};
 
+mod bgp;
+
+pub use bgp::{
+    Advertisements, BGPFilter, BGPFilterAction, BGPFilterMatchOperator, BGPFilterPrefixLength,
+    BGPFilterRule, BGPFilterSpec, Filter, Invalid, NamedCommunity, PrefixAdvertisement,
+    ServiceCidr, parse_cidr,
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,7 +38,7 @@ fn yes() -> bool {
 /// An IPv4 or IPv6 address (the API server checks the shape, the agent the value).
 const IP_PATTERN: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$";
 /// An IPv4 or IPv6 CIDR.
-const CIDR_PATTERN: &str =
+pub(crate) const CIDR_PATTERN: &str =
     r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*/[0-9]{1,3})$";
 
 /// Cluster-wide BGP settings; the one named `default` applies.
@@ -52,6 +59,33 @@ pub struct BGPConfigurationSpec {
     /// Whether nodes peer with each other in a full mesh.
     #[serde(default = "yes")]
     pub node_to_node_mesh: bool,
+    /// Communities attached to announced prefixes, by CIDR.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    /// Named communities for `prefixAdvertisements`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<NamedCommunity>,
+    /// Service cluster IP ranges every node announces.
+    #[serde(
+        default,
+        rename = "serviceClusterIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_cluster_ips: Vec<ServiceCidr>,
+    /// Service external IP ranges every node announces.
+    #[serde(
+        default,
+        rename = "serviceExternalIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_external_ips: Vec<ServiceCidr>,
+    /// Service load balancer IP ranges every node announces.
+    #[serde(
+        default,
+        rename = "serviceLoadBalancerIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_load_balancer_ips: Vec<ServiceCidr>,
     /// BFD on every session of the node-to-node mesh (absent: none; `{}`:
     /// the defaults). Every node runs it, so both ends agree.
     #[serde(
@@ -117,6 +151,13 @@ pub struct BGPPeerSpec {
     /// must run BFD too, or the session never comes up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<BFDSpec>,
+    /// Accept a default route (`0.0.0.0/0`, `::/0`) from this peer; it is
+    /// installed beside the node's own default route, which keeps priority.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_default_route: bool,
+    /// Names of BGPFilters applied to this peer, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
 }
 
 /// A pool of pod addresses, cut into per-node blocks.
@@ -147,7 +188,12 @@ pub fn all()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![BGPConfiguration::crd(), BGPPeer::crd(), IPPool::crd()]
+    vec![
+        BGPConfiguration::crd(),
+        BGPPeer::crd(),
+        IPPool::crd(),
+        BGPFilter::crd(),
+    ]
 }
 
 /// `manifests/crds.yaml` as it must read.

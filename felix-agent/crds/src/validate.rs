@@ -9,7 +9,7 @@ use tabby_policy::validate::{
 };
 
 use crate::password::BgpPassword;
-use crate::{BGPConfiguration, BGPPeer, IPPool};
+use crate::{BGPConfiguration, BGPFilter, BGPPeer, IPPool};
 
 /// The longest TCP-MD5 key the kernel takes (`TCP_MD5SIG_MAXKEYLEN`).
 pub const MAX_PASSWORD_LEN: usize = 80;
@@ -105,7 +105,35 @@ pub fn bgp_configuration(c: &BGPConfiguration) -> Vec<FieldError> {
         c.spec.as_number,
         Path::new("spec").child("asNumber"),
     ));
+    if let Err(e) = c.spec.advertisements() {
+        errs.push(refusal(e));
+    }
     errs
+}
+
+/// A BGPFilter: name, and every rule's CIDR, family and prefix lengths.
+pub fn bgp_filter(f: &BGPFilter) -> Vec<FieldError> {
+    let mut errs = object_meta(
+        &f.metadata,
+        false,
+        NameRule::Subdomain,
+        &Path::new("metadata"),
+    );
+    if let Err(e) = f.spec.parse() {
+        errs.push(refusal(e));
+    }
+    errs
+}
+
+/// A refusal of the BGP policy parsers as a field error (they stop at the
+/// first bad field, which carries its own path).
+fn refusal(e: crate::bgp::Invalid) -> FieldError {
+    FieldError {
+        path: Path::new(&e.field),
+        kind: tabby_policy::validate::ErrorType::Invalid,
+        value: None,
+        detail: e.reason,
+    }
 }
 
 /// An IPPool: name, `cidr` a network, `blockSize` between its prefix length

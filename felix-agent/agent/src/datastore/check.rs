@@ -33,6 +33,19 @@ pub fn check(o: &Object) -> Result<(), Invalid> {
             }
             errors
         }
+        Object::BgpFilter(f) => tabby_crds::validate::bgp_filter(f),
+        Object::Service(svc) => validate::object_meta(
+            &svc.metadata,
+            true,
+            validate::NameRule::Label,
+            &validate::Path::new("metadata"),
+        ),
+        Object::EndpointSlice(es) => validate::object_meta(
+            &es.metadata,
+            true,
+            validate::NameRule::Subdomain,
+            &validate::Path::new("metadata"),
+        ),
         // Checked when it was parsed (`secret`).
         Object::Secret(_) => Vec::new(),
     };

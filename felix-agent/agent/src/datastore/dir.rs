@@ -19,10 +19,11 @@ use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 use tabby_policy::validate::Invalid;
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, warn};
@@ -96,6 +97,15 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Document>, Datasto
                 out.push(check::secret(&secret).map_err(|e| (r, e)));
                 continue;
             }
+            ("v1", "Service") => {
+                Object::Service(Box::new(from_value::<Service>(value).map_err(err)?))
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                Object::EndpointSlice(Box::new(from_value::<EndpointSlice>(value).map_err(err)?))
+            }
+            ("tabby.dev/v1alpha1", "BGPFilter") => {
+                Object::BgpFilter(Box::new(from_value::<BGPFilter>(value).map_err(err)?))
+            }
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
             _ => {
                 debug!(path = %path.display(), %api, %kind, "skipping a kind the agent does not watch");
@@ -129,11 +139,14 @@ fn default_namespace(mut obj: Object) -> Object {
     let meta = match &mut obj {
         Object::Pod(o) => Some(&mut o.metadata),
         Object::NetworkPolicy(o) => Some(&mut o.metadata),
+        Object::Service(o) => Some(&mut o.metadata),
+        Object::EndpointSlice(o) => Some(&mut o.metadata),
         Object::Namespace(_)
         | Object::Node(_)
         | Object::BgpConfiguration(_)
         | Object::BgpPeer(_)
-        | Object::Secret(_) => None,
+        | Object::Secret(_)
+        | Object::BgpFilter(_) => None,
     };
     if let Some(m) = meta
         && m.namespace.as_deref().is_none_or(str::is_empty)
@@ -162,6 +175,9 @@ fn fingerprint(o: &Object) -> u64 {
         Object::BgpConfiguration(x) => serde_json::to_vec(x),
         Object::BgpPeer(x) => serde_json::to_vec(x),
         Object::Secret(x) => serde_json::to_vec(&(&x.metadata, &x.keys)),
+        Object::BgpFilter(x) => serde_json::to_vec(x),
+        Object::Service(x) => serde_json::to_vec(x),
+        Object::EndpointSlice(x) => serde_json::to_vec(x),
     };
     bytes.unwrap_or_default().hash(&mut h);
     h.finish()

@@ -92,7 +92,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -100,7 +101,7 @@ use kube::runtime::watcher::{self, DefaultBackoff};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tabby_crds::password::{BgpPassword, SecretPasswords};
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -202,6 +203,9 @@ impl KubeDatastore {
             watch_kind::<Node>(self.client.clone(), tx.clone(), m.clone()),
             watch_kind::<BGPConfiguration>(self.client.clone(), tx.clone(), m.clone()),
             watch_kind::<BGPPeer>(self.client.clone(), peer_tx, m.clone()),
+            watch_kind::<BGPFilter>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<Service>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<EndpointSlice>(self.client.clone(), tx.clone(), m.clone()),
             follow_peer_secrets(peer_rx, tx.clone(), names_tx),
             read_secrets(secrets, names_rx, tx, m.clone()),
         );
@@ -415,6 +419,31 @@ impl Watched for BGPPeer {
 
     fn into_object(self) -> Object {
         Object::BgpPeer(Box::new(self))
+    }
+}
+
+impl Watched for Service {
+    const KIND: Kind = Kind::Service;
+
+    fn into_object(self) -> Object {
+        Object::Service(Box::new(self))
+    }
+}
+
+impl Watched for EndpointSlice {
+    const KIND: Kind = Kind::EndpointSlice;
+
+    fn into_object(self) -> Object {
+        Object::EndpointSlice(Box::new(self))
+    }
+}
+
+impl Watched for BGPFilter {
+    const KIND: Kind = Kind::BgpFilter;
+    const OPTIONAL: bool = true;
+
+    fn into_object(self) -> Object {
+        Object::BgpFilter(Box::new(self))
     }
 }
 

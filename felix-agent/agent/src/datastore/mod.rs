@@ -1,6 +1,8 @@
 //! The datastore: where the agent learns about Pods, Namespaces,
 //! NetworkPolicies, Nodes and tabby's BGP resources (BGPConfiguration,
-//! BGPPeer) and the Secrets that BGPPeers name. Two backends produce the same stream of
+//! BGPPeer, BGPFilter), the Secrets that BGPPeers name, and Services and
+//! EndpointSlices (for the BGP announcements of `externalTrafficPolicy:
+//! Local` Services). Two backends produce the same stream of
 //! [`Event`]s: Kubernetes (watchers) and a directory of manifests (the lab,
 //! standalone nodes, tests).
 //!
@@ -19,10 +21,11 @@ pub mod check;
 pub mod dir;
 pub mod kube;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tabby_crds::password::SecretPasswords;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 
 /// The kinds the agent watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,17 +44,26 @@ pub enum Kind {
     BgpPeer,
     /// `v1/Secret`: only those in the agent's namespace (BGP passwords).
     Secret,
+    /// `tabby.dev/v1alpha1/BGPFilter`.
+    BgpFilter,
+    /// `v1/Service`.
+    Service,
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice,
 }
 
 impl Kind {
     /// Every kind, in the order of an initial sync (namespaces before the
     /// pods and policies that refer to them).
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::BgpConfiguration,
         Kind::Secret,
         Kind::BgpPeer,
+        Kind::BgpFilter,
+        Kind::Service,
+        Kind::EndpointSlice,
         Kind::Pod,
         Kind::NetworkPolicy,
     ];
@@ -66,6 +78,9 @@ impl Kind {
             Kind::BgpConfiguration => "BGPConfiguration",
             Kind::BgpPeer => "BGPPeer",
             Kind::Secret => "Secret",
+            Kind::BgpFilter => "BGPFilter",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 }
@@ -87,6 +102,12 @@ pub enum Object {
     BgpPeer(Box<BGPPeer>),
     /// A Secret, reduced to its name and values (which never print).
     Secret(Box<SecretPasswords>),
+    /// A BGPFilter.
+    BgpFilter(Box<BGPFilter>),
+    /// A Service.
+    Service(Box<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
 }
 
 impl Object {
@@ -100,6 +121,9 @@ impl Object {
             Object::BgpConfiguration(_) => Kind::BgpConfiguration,
             Object::BgpPeer(_) => Kind::BgpPeer,
             Object::Secret(_) => Kind::Secret,
+            Object::BgpFilter(_) => Kind::BgpFilter,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
         }
     }
 
@@ -113,6 +137,9 @@ impl Object {
             Object::BgpConfiguration(o) => &o.metadata,
             Object::BgpPeer(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::BgpFilter(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
         }
     }
 

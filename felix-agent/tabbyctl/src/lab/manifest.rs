@@ -8,11 +8,12 @@
 //! f.yaml: document 0: The NetworkPolicy "p" is invalid: spec.ingress[0].ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive
 //! ```
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use tabby_crds::password::SecretPasswords;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 use tabby_policy::validate::{self, FieldError};
 
 /// One document of a lab manifest.
@@ -30,6 +31,12 @@ pub enum LabObject {
     BgpPeer(Box<BGPPeer>),
     /// `v1/Secret`: BGP passwords (the agents read those in `kube-system`).
     Secret(Box<Secret>),
+    /// `tabby.dev/v1alpha1/BGPFilter`.
+    BgpFilter(Box<BGPFilter>),
+    /// `v1/Service`: only read by the agents' BGP (no Service proxy in the lab).
+    Service(Box<Service>),
+    /// `discovery.k8s.io/v1/EndpointSlice`: which nodes host a Service's endpoints.
+    EndpointSlice(Box<EndpointSlice>),
     /// A CustomResourceDefinition: the lab's datastore knows tabby's kinds
     /// already, so applying the CRDs is accepted and changes nothing.
     Crd(String),
@@ -65,6 +72,15 @@ impl LabObject {
             LabObject::Secret(o) => {
                 format!("Secret/{}/{}", ns_of(&o.metadata), name_of(&o.metadata))
             }
+            LabObject::BgpFilter(o) => format!("BGPFilter/{}", name_of(&o.metadata)),
+            LabObject::Service(o) => {
+                format!("Service/{}/{}", ns_of(&o.metadata), name_of(&o.metadata))
+            }
+            LabObject::EndpointSlice(o) => format!(
+                "EndpointSlice/{}/{}",
+                ns_of(&o.metadata),
+                name_of(&o.metadata)
+            ),
             LabObject::Crd(name) => format!("CustomResourceDefinition/{name}"),
         }
     }
@@ -81,6 +97,11 @@ impl LabObject {
             LabObject::BgpConfiguration(o) => ("bgpconfiguration", "", name_of(&o.metadata)),
             LabObject::BgpPeer(o) => ("bgppeer", "", name_of(&o.metadata)),
             LabObject::Secret(o) => ("secret", ns_of(&o.metadata), name_of(&o.metadata)),
+            LabObject::BgpFilter(o) => ("bgpfilter", "", name_of(&o.metadata)),
+            LabObject::Service(o) => ("service", ns_of(&o.metadata), name_of(&o.metadata)),
+            LabObject::EndpointSlice(o) => {
+                ("endpointslice", ns_of(&o.metadata), name_of(&o.metadata))
+            }
             LabObject::Crd(_) => return None,
         };
         Some(object_file(kind, ns, name))
@@ -101,6 +122,9 @@ impl LabObject {
                 v["kind"] = "Secret".into();
                 serde_json::to_string_pretty(&v)
             }
+            LabObject::BgpFilter(o) => serde_json::to_string_pretty(o),
+            LabObject::Service(o) => serde_json::to_string_pretty(o),
+            LabObject::EndpointSlice(o) => serde_json::to_string_pretty(o),
             LabObject::Crd(_) => Ok(String::new()),
         }
     }
@@ -173,7 +197,24 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
                 LabObject::NetworkPolicy(Box::new(np))
             }
             ("tabby.dev/v1alpha1", "BGPConfiguration") => {
-                LabObject::BgpConfiguration(Box::new(typed(value).map_err(err)?))
+                let c: BGPConfiguration = typed(value).map_err(err)?;
+                c.spec.advertisements().map_err(|e| err(e.to_string()))?;
+                LabObject::BgpConfiguration(Box::new(c))
+            }
+            ("v1", "Service") => {
+                let mut s: Service = typed(value).map_err(err)?;
+                s.metadata.namespace = Some(ns_of(&s.metadata).to_string());
+                LabObject::Service(Box::new(s))
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                let mut e: EndpointSlice = typed(value).map_err(err)?;
+                e.metadata.namespace = Some(ns_of(&e.metadata).to_string());
+                LabObject::EndpointSlice(Box::new(e))
+            }
+            ("tabby.dev/v1alpha1", "BGPFilter") => {
+                let f: BGPFilter = typed(value).map_err(err)?;
+                f.spec.parse().map_err(|e| err(e.to_string()))?;
+                LabObject::BgpFilter(Box::new(f))
             }
             ("tabby.dev/v1alpha1", "BGPPeer") => {
                 LabObject::BgpPeer(Box::new(typed(value).map_err(err)?))
@@ -199,7 +240,7 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
             (api, kind) => {
                 return Err(err(format!(
-                    "{api}/{kind} is not something the lab runs (Namespace, Pod, NetworkPolicy, Secret, BGPConfiguration, BGPPeer)"
+                    "{api}/{kind} is not something the lab runs (Namespace, Pod, NetworkPolicy, Secret, Service, EndpointSlice, BGPConfiguration, BGPPeer, BGPFilter)"
                 )));
             }
         };
@@ -226,6 +267,31 @@ pub fn validate_object(obj: &LabObject) -> Result<(), validate::Invalid> {
             "Secret",
             &o.metadata,
             SecretPasswords::from_secret(o).err().unwrap_or_default(),
+        ),
+        LabObject::BgpFilter(o) => (
+            "BGPFilter",
+            &o.metadata,
+            tabby_crds::validate::bgp_filter(o),
+        ),
+        LabObject::Service(o) => (
+            "Service",
+            &o.metadata,
+            validate::object_meta(
+                &o.metadata,
+                true,
+                validate::NameRule::Label,
+                &validate::Path::new("metadata"),
+            ),
+        ),
+        LabObject::EndpointSlice(o) => (
+            "EndpointSlice",
+            &o.metadata,
+            validate::object_meta(
+                &o.metadata,
+                true,
+                validate::NameRule::Subdomain,
+                &validate::Path::new("metadata"),
+            ),
         ),
         LabObject::Crd(_) => return Ok(()),
     };
