@@ -2,6 +2,7 @@
 //! configuration on stdin, parsed and validated into one value.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -404,6 +405,12 @@ fn parse_ipam(v: Option<&Value>) -> CniResult<IpamConf> {
                         format!("did you mean {}?", net.trunc()),
                     ));
                 }
+                if let Err(why) = check_pool(&net) {
+                    return Err(invalid(
+                        format!("ipam.subnets[{}]: {net} is not a usable pod pool", out.len()),
+                        why,
+                    ));
+                }
                 if let Some(other) = out.iter().find(|o| o.contains(&net) || net.contains(*o)) {
                     return Err(invalid(format!("ipam.subnets: {net} overlaps {other}"), ""));
                 }
@@ -420,6 +427,61 @@ fn parse_ipam(v: Option<&Value>) -> CniResult<IpamConf> {
         }
     };
     Ok(IpamConf::Tabby { subnets })
+}
+
+/// Address ranges that can never be pod pools, with the reason given when
+/// a subnet overlaps one (RFC 6890 special-purpose registries).
+const NOT_POOLS: [(&str, &str); 10] = [
+    ("0.0.0.0/8", "overlaps 0.0.0.0/8 (\"this network\", the unspecified address)"),
+    ("127.0.0.0/8", "overlaps the loopback range 127.0.0.0/8"),
+    ("169.254.0.0/16", "overlaps the link-local range 169.254.0.0/16 (the pods' gateway lives there)"),
+    ("224.0.0.0/4", "overlaps the multicast range 224.0.0.0/4"),
+    ("255.255.255.255/32", "contains the limited broadcast address 255.255.255.255"),
+    ("::/128", "contains the unspecified address ::"),
+    ("::1/128", "contains the loopback address ::1"),
+    ("::ffff:0:0/96", "overlaps the IPv4-mapped range ::ffff:0:0/96"),
+    ("fe80::/10", "overlaps the link-local range fe80::/10 (the pods' gateway lives there)"),
+    ("ff00::/8", "overlaps the multicast range ff00::/8"),
+];
+
+/// The longest IPv4 pool prefix. The IPAM reserves a pool's network and
+/// broadcast addresses only from /30 down (a /30 keeps two of its four);
+/// /31 and /32 are point-to-point links (RFC 3021) and host routes: under
+/// the reservation every other pool gets they leave no usable address.
+pub const MAX_POOL_PREFIX_V4: u8 = 30;
+
+/// The longest IPv6 pool prefix: the IPAM reserves the subnet-router
+/// anycast address (the first) from /126 down; /127 is a point-to-point
+/// link (RFC 6164) and /128 a single address, which leaves none.
+pub const MAX_POOL_PREFIX_V6: u8 = 126;
+
+/// Why `net` cannot be a pod pool, if it cannot: the default route, a
+/// special-purpose range, or a prefix too long to leave a usable address.
+pub fn check_pool(net: &IpNet) -> Result<(), String> {
+    if net.prefix_len() == 0 {
+        return Err("a default route is not a pod pool: it covers every address, the \
+                    unspecified, loopback, multicast and broadcast ones included"
+            .to_string());
+    }
+    for (range, why) in NOT_POOLS {
+        if let Ok(r) = range.parse::<IpNet>()
+            && (r.contains(net) || net.contains(&r))
+        {
+            return Err(why.to_string());
+        }
+    }
+    let max = if net.addr().is_ipv4() {
+        MAX_POOL_PREFIX_V4
+    } else {
+        MAX_POOL_PREFIX_V6
+    };
+    if net.prefix_len() > max {
+        return Err(format!(
+            "a /{} leaves no usable pod address: pools are at most /{max}",
+            net.prefix_len()
+        ));
+    }
+    Ok(())
 }
 
 /// CNI spec: a network name starts with an alphanumeric character, then
@@ -443,6 +505,36 @@ fn valid_identifier(s: &str) -> bool {
 
 fn env_err(msg: impl Into<String>) -> CniError {
     CniError::new(Code::InvalidEnvironment, msg, "")
+}
+
+/// The process environment as text. A `CNI_*` variable that is not valid
+/// UTF-8 is an error (code 4, naming it); any other such variable is not
+/// ours to read and is ignored. Never panics, unlike `std::env::vars`.
+pub fn collect_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> CniResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in vars {
+        let cni = k.as_encoded_bytes().starts_with(b"CNI_");
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => {
+                out.insert(k, v);
+            }
+            (k, _) if cni => {
+                let name = match k {
+                    Ok(k) => k,
+                    Err(raw) => raw.to_string_lossy().into_owned(),
+                };
+                return Err(CniError::new(
+                    Code::InvalidEnvironment,
+                    format!("{name} is not valid UTF-8"),
+                    "CNI variables must be text",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Reads `CNI_COMMAND`.

@@ -624,9 +624,45 @@ impl Netlink {
 
 impl Netlink {
     /// Attaches the anti-spoofing program of [`crate::source_guard`] to the
-    /// tc ingress of `index` (adding the clsact qdisc first), replacing any
-    /// earlier version of it.
+    /// ingress of `index`, a link with nothing attached yet: with TCX where
+    /// the kernel has it, else (logged) the classic program on clsact.
     pub fn install_source_guard(
+        &mut self,
+        index: u32,
+        allowed: &[IpAddr],
+    ) -> Result<GuardHook, NetlinkError> {
+        use crate::source_guard::{TcxError, attach_tcx};
+        match attach_tcx(index, allowed) {
+            Ok(()) => Ok(GuardHook::Tcx),
+            Err(TcxError::Unavailable(e)) => {
+                tracing::warn!(
+                    index,
+                    error = %e,
+                    "TCX is not available: attaching the source guard on a clsact qdisc, \
+                     which the bandwidth plugin's egress shaping cannot share"
+                );
+                self.install_source_guard_clsact(index, allowed)?;
+                Ok(GuardHook::Clsact)
+            }
+            Err(TcxError::Failed(e)) => Err(NetlinkError::Kernel {
+                op: format!("install source guard on link {index}: {}", e.op)
+                    + &if e.log.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (verifier: {})", e.log.trim())
+                    },
+                errno: e.errno,
+            }),
+            Err(e @ TcxError::Assemble(_)) => Err(NetlinkError::Decode {
+                op: format!("install source guard on link {index}"),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// The fallback: the classic program on the tc ingress of `index`
+    /// (adding the clsact qdisc first), replacing any earlier version of it.
+    pub fn install_source_guard_clsact(
         &mut self,
         index: u32,
         allowed: &[IpAddr],
@@ -700,7 +736,29 @@ impl Netlink {
         )
     }
 
-    /// True when the source guard is attached to `index`.
+    /// Whether the source guard for `allowed` protects `index`: first at
+    /// its TCX ingress (checked exactly, by the program's tag), or else on
+    /// the clsact fallback (checked by presence).
+    pub fn source_guard(
+        &mut self,
+        index: u32,
+        allowed: &[IpAddr],
+    ) -> Result<GuardState, NetlinkError> {
+        use crate::source_guard::{TcxGuard, tcx_guard};
+        match tcx_guard(index, allowed) {
+            Ok(TcxGuard::Current) => return Ok(GuardState::Tcx),
+            Ok(TcxGuard::Stale) => return Ok(GuardState::Stale),
+            // Nothing on TCX (or no TCX here): the fallback may be in use.
+            Ok(TcxGuard::Absent) | Err(_) => {}
+        }
+        Ok(if self.has_source_guard(index)? {
+            GuardState::Clsact
+        } else {
+            GuardState::Missing
+        })
+    }
+
+    /// True when the classic source guard is attached to `index`'s clsact.
     pub fn has_source_guard(&mut self, index: u32) -> Result<bool, NetlinkError> {
         let mut req = TcMessage::default();
         req.header.index = i32::try_from(index).unwrap_or(0);
@@ -718,6 +776,28 @@ impl Netlink {
                     && f.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf")))
         }))
     }
+}
+
+/// Where a source guard was attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardHook {
+    /// eBPF at the TCX ingress.
+    Tcx,
+    /// Classic BPF on a clsact qdisc (kernels without TCX).
+    Clsact,
+}
+
+/// What protects a host end (see [`Netlink::source_guard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardState {
+    /// The guard for the expected addresses runs first at TCX ingress.
+    Tcx,
+    /// The classic guard is on the clsact fallback.
+    Clsact,
+    /// A tabby guard runs first at TCX ingress, for other addresses.
+    Stale,
+    /// No guard.
+    Missing,
 }
 
 /// tc priority of the anti-spoofing filter; later filters (the eBPF
