@@ -118,14 +118,21 @@ fn optional_netns(env: &Env) -> CniResult<NsArg> {
 
 /// The host end a record may have tabby delete: its `hostIface` only when
 /// that is the workload interface tabby names after the record's own
-/// attachment (`key`). A record rewritten to name another interface (the
-/// node's uplink, another pod's veth) yields nothing to delete.
-fn record_host_end<'r>(rec: &'r EndpointRecord, key: (&str, &str)) -> Option<(&'r str, u32)> {
+/// attachment (`key`) and pod, and that pod is the one the runtime names
+/// (`runtime_pod`, DEL's `CNI_ARGS`) when it names one. A record rewritten
+/// to name another interface (the node's uplink, another pod's veth, under
+/// its own or that pod's identity) yields nothing to delete.
+fn record_host_end<'r>(
+    rec: &'r EndpointRecord,
+    key: (&str, &str),
+    runtime_pod: Option<(&str, &str)>,
+) -> Option<(&'r str, u32)> {
     let pod = match (&rec.pod_namespace, &rec.pod_name) {
         (Some(ns), Some(n)) => Some((ns.as_str(), n.as_str())),
         _ => None,
     };
     let own = (rec.container_id.as_str(), rec.ifname.as_str()) == key
+        && runtime_pod.is_none_or(|p| pod == Some(p))
         && is_workload_iface(&rec.host_iface)
         && rec.host_iface == host_veth_name(pod, &rec.container_id, &rec.ifname);
     if own {
@@ -363,7 +370,7 @@ pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
         &env.ifname,
         record
             .as_ref()
-            .and_then(|r| record_host_end(r, (&env.container_id, &env.ifname))),
+            .and_then(|r| record_host_end(r, (&env.container_id, &env.ifname), env.pod())),
         false,
     )?;
     mark("unwired");
@@ -485,19 +492,32 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
     let mut host = Netlink::open()?;
     let mut errors = Vec::new();
     let mut in_use = HashSet::new();
-    let records: Vec<EndpointRecord> = store.list()?.into_iter().flatten().collect();
-    for rec in &records {
-        if rec.network != conf.name {
-            continue;
-        }
-        if valid.contains(&AttachmentKey::new(
-            rec.container_id.clone(),
-            rec.ifname.clone(),
-        )) {
-            in_use.insert(rec.host_iface.clone());
-            continue;
-        }
-        let host_end = record_host_end(rec, (&rec.container_id, &rec.ifname));
+    let records: Vec<EndpointRecord> = store
+        .list()?
+        .into_iter()
+        .flatten()
+        .filter(|r| r.network == conf.name)
+        .collect();
+    let is_valid = |r: &EndpointRecord| {
+        valid.contains(&AttachmentKey::new(
+            r.container_id.clone(),
+            r.ifname.clone(),
+        ))
+    };
+    // First the interfaces of valid attachments: a stale record naming one
+    // (a forged one, under that pod's identity) must not reach it.
+    for rec in records.iter().filter(|r| is_valid(r)) {
+        in_use.insert(rec.host_iface.clone());
+    }
+    for rec in records.iter().filter(|r| !is_valid(r)) {
+        let host_end = record_host_end(rec, (&rec.container_id, &rec.ifname), None)
+            .filter(|(name, _)| {
+                let free = !in_use.contains(*name);
+                if !free {
+                    warn!(container_id = %rec.container_id, host_iface = name, "a stale endpoint record names a valid attachment's interface; leaving it alone");
+                }
+                free
+            });
         // Only a record that names its own host end may lead GC into a
         // namespace, and never into the plugin's own.
         let pod_ns = host_end.and_then(|_| gc_pod_netns(&rec.netns, &own));
