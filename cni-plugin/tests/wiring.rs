@@ -540,3 +540,39 @@ fn the_agents_settings_bound_the_wait_and_may_fail_open() {
     n.cni("DEL", "w1", Some(&pod.path()), &conf).expect_ok();
     n.assert_clean();
 }
+
+#[test]
+fn the_source_guard_sits_on_tcx_without_a_qdisc_and_check_verifies_it() {
+    use tabby_sys::source_guard::{TcxGuard, attach_tcx, tcx_guard};
+    let n = Node::new("tcx");
+    let (pod, res) = n.add_pod("t1");
+    let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let ips: Vec<std::net::IpAddr> = result_ips(&res)
+        .iter()
+        .map(|i| i.parse().unwrap())
+        .collect();
+    let qdiscs = n.node.ok(&format!("tc qdisc show dev {host}"));
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+    let index: u32 = n
+        .node
+        .ok(&format!("cat /sys/class/net/{host}/ifindex"))
+        .trim()
+        .parse()
+        .unwrap();
+    // The plugin has exited: the device alone holds the program.
+    let state = n.node.run(|| tcx_guard(index, &ips).unwrap());
+    assert_eq!(state, TcxGuard::Current);
+    let mut conf = n.conf("1.1.0");
+    conf["prevResult"] = res.clone();
+    n.cni("CHECK", "t1", Some(&pod.path()), &conf).expect_ok();
+    // A guard for other addresses put in front of it: CHECK notices.
+    n.node
+        .run(|| attach_tcx(index, &["10.244.1.61".parse().unwrap()]))
+        .unwrap();
+    let err = n
+        .cni("CHECK", "t1", Some(&pod.path()), &conf)
+        .expect_err(102);
+    assert!(err["msg"].as_str().unwrap().contains("source guard"), "{err}");
+    n.del_pod("t1", &pod);
+    n.assert_clean();
+}
