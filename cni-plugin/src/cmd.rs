@@ -521,13 +521,12 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
         // Only a record that names its own host end may lead GC into a
         // namespace, and never into the plugin's own.
         let pod_ns = host_end.and_then(|_| gc_pod_netns(&rec.netns, &own));
-        let res = wiring::del(&mut host, pod_ns.as_ref(), &rec.ifname, host_end, true).and_then(
-            |()| {
+        let res =
+            wiring::del(&mut host, pod_ns.as_ref(), &rec.ifname, host_end, true).and_then(|()| {
                 store
                     .remove(&rec.container_id, &rec.ifname)
                     .map_err(CniError::from)
-            },
-        );
+            });
         match res {
             Ok(()) => {
                 info!(container_id = %rec.container_id, ifname = %rec.ifname, "GC removed a stale endpoint")
@@ -568,7 +567,10 @@ fn gc_pod_netns(path: &str, own: &NetNs) -> Option<NetNs> {
     }
     match NetNs::open(path) {
         Ok(ns) if ns.same_as(own) => {
-            warn!(netns = path, "a stale endpoint record names the node's own namespace; not entering it");
+            warn!(
+                netns = path,
+                "a stale endpoint record names the node's own namespace; not entering it"
+            );
             None
         }
         Ok(ns) => Some(ns),

@@ -407,7 +407,10 @@ fn parse_ipam(v: Option<&Value>) -> CniResult<IpamConf> {
                 }
                 if let Err(why) = check_pool(&net) {
                     return Err(invalid(
-                        format!("ipam.subnets[{}]: {net} is not a usable pod pool", out.len()),
+                        format!(
+                            "ipam.subnets[{}]: {net} is not a usable pod pool",
+                            out.len()
+                        ),
                         why,
                     ));
                 }
@@ -432,15 +435,30 @@ fn parse_ipam(v: Option<&Value>) -> CniResult<IpamConf> {
 /// Address ranges that can never be pod pools, with the reason given when
 /// a subnet overlaps one (RFC 6890 special-purpose registries).
 const NOT_POOLS: [(&str, &str); 10] = [
-    ("0.0.0.0/8", "overlaps 0.0.0.0/8 (\"this network\", the unspecified address)"),
+    (
+        "0.0.0.0/8",
+        "overlaps 0.0.0.0/8 (\"this network\", the unspecified address)",
+    ),
     ("127.0.0.0/8", "overlaps the loopback range 127.0.0.0/8"),
-    ("169.254.0.0/16", "overlaps the link-local range 169.254.0.0/16 (the pods' gateway lives there)"),
+    (
+        "169.254.0.0/16",
+        "overlaps the link-local range 169.254.0.0/16 (the pods' gateway lives there)",
+    ),
     ("224.0.0.0/4", "overlaps the multicast range 224.0.0.0/4"),
-    ("255.255.255.255/32", "contains the limited broadcast address 255.255.255.255"),
+    (
+        "255.255.255.255/32",
+        "contains the limited broadcast address 255.255.255.255",
+    ),
     ("::/128", "contains the unspecified address ::"),
     ("::1/128", "contains the loopback address ::1"),
-    ("::ffff:0:0/96", "overlaps the IPv4-mapped range ::ffff:0:0/96"),
-    ("fe80::/10", "overlaps the link-local range fe80::/10 (the pods' gateway lives there)"),
+    (
+        "::ffff:0:0/96",
+        "overlaps the IPv4-mapped range ::ffff:0:0/96",
+    ),
+    (
+        "fe80::/10",
+        "overlaps the link-local range fe80::/10 (the pods' gateway lives there)",
+    ),
     ("ff00::/8", "overlaps the multicast range ff00::/8"),
 ];
 
@@ -459,9 +477,11 @@ pub const MAX_POOL_PREFIX_V6: u8 = 126;
 /// special-purpose range, or a prefix too long to leave a usable address.
 pub fn check_pool(net: &IpNet) -> Result<(), String> {
     if net.prefix_len() == 0 {
-        return Err("a default route is not a pod pool: it covers every address, the \
+        return Err(
+            "a default route is not a pod pool: it covers every address, the \
                     unspecified, loopback, multicast and broadcast ones included"
-            .to_string());
+                .to_string(),
+        );
     }
     for (range, why) in NOT_POOLS {
         if let Ok(r) = range.parse::<IpNet>()

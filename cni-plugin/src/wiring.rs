@@ -349,9 +349,8 @@ pub fn del(
         drop(guard);
         if let Some((mut pod, l)) = found? {
             mark("del: lookup");
-            let peer_is_recorded = host_end.is_some_and(|(name, index)| {
-                l.link == Some(index) && is_workload_iface(name)
-            });
+            let peer_is_recorded = host_end
+                .is_some_and(|(name, index)| l.link == Some(index) && is_workload_iface(name));
             match (events.as_mut(), host_end) {
                 (Some(events), Some((_, index))) if peer_is_recorded => {
                     teardown::delete_veth_detached(pod, l.index, events, index, DEL_TIMEOUT)?;

@@ -85,7 +85,10 @@ fn del_refuses_the_nodes_own_namespace_and_leaves_its_uplink() {
         let run = tabby_tests::run_plugin(Path::new(TABBY), &n.node, &env, &conf.to_string());
         let err = run.expect_err(8);
         assert!(err["msg"].as_str().unwrap().contains("own"), "{err}");
-        assert!(has_link(&n.node, "up0"), "DEL with {own} deleted the uplink");
+        assert!(
+            has_link(&n.node, "up0"),
+            "DEL with {own} deleted the uplink"
+        );
     }
     assert_ping(&n.node, EXT_V4);
 }
@@ -134,7 +137,10 @@ fn a_path_that_is_not_a_namespace_is_code_8_on_every_verb_and_del_still_releases
         .expect_err(8);
     assert!(n.allocations().is_empty(), "DEL kept the allocation");
     assert!(!has_link(&n.node, &host), "DEL kept the host end");
-    assert!(!pod.ok("ip -o link").contains("eth0"), "DEL kept the pod end");
+    assert!(
+        !pod.ok("ip -o link").contains("eth0"),
+        "DEL kept the pod end"
+    );
     // Again: nothing left to release, still 8.
     n.cni("DEL", "f2", Some(&file), &n.conf("1.1.0"))
         .expect_err(8);
@@ -263,8 +269,14 @@ fn gc_never_deletes_the_nodes_interfaces_or_another_pods_for_a_forged_record() {
     n.cni("GC", "gc", None, &conf).expect_ok();
 
     assert!(has_link(&n.node, "up0"), "GC deleted the node's uplink");
-    assert!(has_link(&n.node, &victim_host), "GC deleted the victim's host end");
-    assert!(victim.ok("ip -o link").contains("eth0"), "GC deleted the victim's pod end");
+    assert!(
+        has_link(&n.node, &victim_host),
+        "GC deleted the victim's host end"
+    );
+    assert!(
+        victim.ok("ip -o link").contains("eth0"),
+        "GC deleted the victim's pod end"
+    );
     assert_ping(&n.node, &ipv4_of(&vres));
     assert_ping(&n.node, EXT_V4);
     // The forged records themselves are gone: they were not valid.
@@ -292,11 +304,16 @@ fn del_with_a_forged_record_deletes_only_its_own_attachment() {
     // host end; DEL of it with a namespace that is already gone.
     let gone = n.dir.path().join("gone");
     forge(&n, "w2", "eth0", &gone, &victim_host, victim_index);
-    n.cni("DEL", "w2", Some(&gone), &n.conf("1.1.0")).expect_ok();
+    n.cni("DEL", "w2", Some(&gone), &n.conf("1.1.0"))
+        .expect_ok();
     // The same under the victim pod's own name.
     forge_as(&n, "w3", "w1", &gone, &victim_host, victim_index);
-    n.cni("DEL", "w3", Some(&gone), &n.conf("1.1.0")).expect_ok();
-    assert!(has_link(&n.node, &victim_host), "DEL deleted another pod's host end");
+    n.cni("DEL", "w3", Some(&gone), &n.conf("1.1.0"))
+        .expect_ok();
+    assert!(
+        has_link(&n.node, &victim_host),
+        "DEL deleted another pod's host end"
+    );
     assert_ping(&n.node, &ipv4_of(&vres));
     n.del_pod("w1", &victim);
     n.assert_clean();

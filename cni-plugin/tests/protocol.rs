@@ -295,8 +295,14 @@ fn bandwidth_shapes_both_directions_behind_tabby_and_spoofing_stays_dropped() {
     let r2 = chain_step(&n, "bandwidth", "ADD", &pod, bandwidth.clone(), Some(&r1)).expect_ok();
     let host = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
     let qdiscs = n.node.ok(&format!("tc qdisc show dev {host}"));
-    assert!(qdiscs.contains("tbf"), "no ingress shaping on {host}: {qdiscs}");
-    assert!(qdiscs.contains("ingress"), "no egress shaping on {host}: {qdiscs}");
+    assert!(
+        qdiscs.contains("tbf"),
+        "no ingress shaping on {host}: {qdiscs}"
+    );
+    assert!(
+        qdiscs.contains("ingress"),
+        "no egress shaping on {host}: {qdiscs}"
+    );
     let out = iperf3_mbps(&pod, EXT_V4, 5201, false);
     let inn = iperf3_mbps(&pod, EXT_V4, 5201, true);
     eprintln!(
@@ -331,9 +337,16 @@ fn bandwidth_shapes_both_directions_behind_tabby_and_spoofing_stays_dropped() {
     }
     let mut buf = [0u8; 16];
     let (len, from) = rx.recv_from(&mut buf).unwrap();
-    assert_eq!(&buf[..len], b"genuine", "a spoofed datagram got through from {from}");
+    assert_eq!(
+        &buf[..len],
+        b"genuine",
+        "a spoofed datagram got through from {from}"
+    );
     rx.set_nonblocking(true).unwrap();
-    assert!(rx.recv_from(&mut buf).is_err(), "more than the genuine datagram arrived");
+    assert!(
+        rx.recv_from(&mut buf).is_err(),
+        "more than the genuine datagram arrived"
+    );
 
     chain_step(&n, "tabby", "CHECK", &pod, tabby.clone(), Some(&r2)).expect_ok();
     chain_step(&n, "bandwidth", "DEL", &pod, bandwidth, Some(&r2)).expect_ok();

@@ -572,7 +572,10 @@ fn the_source_guard_sits_on_tcx_without_a_qdisc_and_check_verifies_it() {
     let err = n
         .cni("CHECK", "t1", Some(&pod.path()), &conf)
         .expect_err(102);
-    assert!(err["msg"].as_str().unwrap().contains("source guard"), "{err}");
+    assert!(
+        err["msg"].as_str().unwrap().contains("source guard"),
+        "{err}"
+    );
     n.del_pod("t1", &pod);
     n.assert_clean();
 }

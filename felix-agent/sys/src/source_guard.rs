@@ -454,25 +454,20 @@ pub enum TcxError {
 /// holds the program until it is deleted.
 pub fn attach_tcx(ifindex: u32, allowed: &[IpAddr]) -> Result<(), TcxError> {
     let insns = encode_insns(&tcx_program(allowed).map_err(TcxError::Assemble)?);
-    let prog = bpf::prog_load(
-        bpf::BPF_PROG_TYPE_SCHED_CLS,
-        &insns,
-        TCX_PROG_NAME,
-        LICENSE,
-    )
-    .map_err(|e| match e.errno {
-        libc::ENOSYS | libc::EPERM => TcxError::Unavailable(e),
-        _ => TcxError::Failed(e),
-    })?;
-    bpf::prog_attach_tcx(&prog, ifindex, bpf::BPF_TCX_INGRESS, bpf::BPF_F_BEFORE).map_err(
-        |e| match e.errno {
+    let prog = bpf::prog_load(bpf::BPF_PROG_TYPE_SCHED_CLS, &insns, TCX_PROG_NAME, LICENSE)
+        .map_err(|e| match e.errno {
+            libc::ENOSYS | libc::EPERM => TcxError::Unavailable(e),
+            _ => TcxError::Failed(e),
+        })?;
+    bpf::prog_attach_tcx(&prog, ifindex, bpf::BPF_TCX_INGRESS, bpf::BPF_F_BEFORE).map_err(|e| {
+        match e.errno {
             // Before Linux 6.6 the attach type is unknown: EINVAL.
             libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::EOPNOTSUPP => {
                 TcxError::Unavailable(e)
             }
             _ => TcxError::Failed(e),
-        },
-    )
+        }
+    })
 }
 
 /// What is attached at the TCX ingress of a host end.
@@ -505,12 +500,7 @@ pub fn tcx_guard(ifindex: u32, allowed: &[IpAddr]) -> Result<TcxGuard, BpfError>
         errno: libc::E2BIG,
         log: String::new(),
     })?);
-    let want = bpf::prog_load(
-        bpf::BPF_PROG_TYPE_SCHED_CLS,
-        &insns,
-        TCX_PROG_NAME,
-        LICENSE,
-    )?;
+    let want = bpf::prog_load(bpf::BPF_PROG_TYPE_SCHED_CLS, &insns, TCX_PROG_NAME, LICENSE)?;
     Ok(if info.tag == bpf::prog_info(&want)?.tag {
         TcxGuard::Current
     } else {
@@ -766,7 +756,11 @@ mod tests {
             assert_eq!(run64(&p, &skb), TCX_NEXT, "{ip}");
         }
         assert_eq!(run64(&p, &ip4([10, 0, 0, 40])), TCX_DROP);
-        assert_eq!(run64(&p, &ip6("fd00::28")), TCX_DROP, "0x28 = 40, one past the last");
+        assert_eq!(
+            run64(&p, &ip6("fd00::28")),
+            TCX_DROP,
+            "0x28 = 40, one past the last"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ fn require_root() {
         .lines()
         .find(|l| l.starts_with("Uid:"))
         .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"));
-    assert!(root, "this test needs root (bpf(2)): run the suite as root, as CI does");
+    assert!(
+        root,
+        "this test needs root (bpf(2)): run the suite as root, as CI does"
+    );
 }
 
 fn own() -> Vec<IpAddr> {
@@ -28,8 +31,13 @@ fn own() -> Vec<IpAddr> {
 
 fn load(allowed: &[IpAddr]) -> std::os::fd::OwnedFd {
     let insns = encode_insns(&tcx_program(allowed).unwrap());
-    bpf::prog_load(bpf::BPF_PROG_TYPE_SCHED_CLS, &insns, TCX_PROG_NAME, "Apache-2.0")
-        .unwrap_or_else(|e| panic!("the verifier refused the guard: {e}"))
+    bpf::prog_load(
+        bpf::BPF_PROG_TYPE_SCHED_CLS,
+        &insns,
+        TCX_PROG_NAME,
+        "Apache-2.0",
+    )
+    .unwrap_or_else(|e| panic!("the verifier refused the guard: {e}"))
 }
 
 fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -85,7 +93,11 @@ fn the_kernel_runs_the_guard_with_the_expected_verdicts() {
     let cases: Vec<(&str, Vec<u8>, i32)> = vec![
         ("own IPv4", udp4([10, 0, 0, 5]), TCX_NEXT),
         ("spoofed IPv4", udp4([10, 0, 0, 6]), TCX_DROP),
-        ("spoofed IPv4 with the top bit set", udp4([250, 0, 0, 5]), TCX_DROP),
+        (
+            "spoofed IPv4 with the top bit set",
+            udp4([250, 0, 0, 5]),
+            TCX_DROP,
+        ),
         ("own IPv6", udp6("fd00::5"), TCX_NEXT),
         ("spoofed IPv6", udp6("fd00::6"), TCX_DROP),
         ("spoofed IPv6 elsewhere", udp6("2001:db8::5"), TCX_DROP),
@@ -94,12 +106,15 @@ fn the_kernel_runs_the_guard_with_the_expected_verdicts() {
         ("DAD from ::", ns6("::"), TCX_NEXT),
         // (Truncated IP headers the kernel refuses to test-run at all:
         // the unit tests' interpreter covers them.)
-        ("an 802.1Q tag", eth(0x8100, &[0, 5, 8, 0, 0x45, 0, 0, 20]), TCX_DROP),
+        (
+            "an 802.1Q tag",
+            eth(0x8100, &[0, 5, 8, 0, 0x45, 0, 0, 20]),
+            TCX_DROP,
+        ),
         ("LLDP", eth(0x88cc, &[0; 32]), TCX_DROP),
     ];
     for (what, frame, want) in cases {
-        let got = bpf::prog_test_run(&prog, &frame)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let got = bpf::prog_test_run(&prog, &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(got, want, "{what}");
     }
 }
@@ -116,7 +131,9 @@ fn the_kernel_names_the_guard_as_check_expects() {
     reversed.reverse();
     assert_eq!(bpf::prog_info(&load(&reversed)).unwrap().tag, info.tag);
     assert_ne!(
-        bpf::prog_info(&load(&["10.0.0.5".parse().unwrap()])).unwrap().tag,
+        bpf::prog_info(&load(&["10.0.0.5".parse().unwrap()]))
+            .unwrap()
+            .tag,
         info.tag
     );
 }
@@ -137,7 +154,16 @@ impl TestNs {
         let ns = TestNs(name);
         let st = Command::new("ip")
             .args([
-                "-n", &ns.0, "link", "add", "tabguard0", "type", "veth", "peer", "name", "p0",
+                "-n",
+                &ns.0,
+                "link",
+                "add",
+                "tabguard0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "p0",
             ])
             .status()
             .unwrap();
@@ -182,4 +208,3 @@ fn an_attached_guard_stays_after_its_descriptor_is_closed_and_runs_first() {
     assert_eq!(verdict.0, TcxGuard::Current);
     assert_eq!(verdict.1, TcxGuard::Stale, "another pod's addresses");
 }
-
