@@ -846,6 +846,85 @@ mod tests {
     }
 
     #[test]
+    fn only_usable_pools_pass() {
+        let refused = [
+            "0.0.0.0/0",
+            "::/0",
+            "0.0.0.0/8",
+            "0.0.0.0/16",
+            "127.0.0.0/8",
+            "127.1.0.0/16",
+            "224.0.0.0/4",
+            "239.1.0.0/16",
+            "169.254.1.0/24",
+            "255.255.255.255/32",
+            "255.255.255.0/24",
+            "128.0.0.0/1",
+            "10.0.0.0/31",
+            "10.0.0.4/32",
+            "::/128",
+            "::1/128",
+            "::/64",
+            "::ffff:10.0.0.0/120",
+            "fe80::/10",
+            "fe80::/64",
+            "ff00::/8",
+            "ff02::/16",
+            "fd00::/127",
+            "fd00::/128",
+        ];
+        for s in refused {
+            assert!(check_pool(&s.parse().unwrap()).is_err(), "{s} was accepted");
+        }
+        for s in [
+            "10.0.0.0/8",
+            "10.0.0.0/30",
+            "100.64.0.0/10",
+            "192.168.0.0/16",
+            "240.0.0.0/5",
+            "fd00::/8",
+            "fd00::/126",
+            "2001:db8::/64",
+        ] {
+            assert_eq!(check_pool(&s.parse().unwrap()), Ok(()), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_refused_subnet_names_its_index_and_is_code_7() {
+        let e = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"type":"tabby-ipam","subnets":["10.1.0.0/16","0.0.0.0/0"]}}"#).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.msg.contains("ipam.subnets[1]"), "{e}");
+    }
+
+    #[test]
+    fn a_cni_variable_that_is_not_utf8_is_code_4_and_others_are_ignored() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'x', 0xff]);
+        let e = collect_env([
+            (OsString::from("CNI_COMMAND"), OsString::from("ADD")),
+            (OsString::from("CNI_ARGS"), bad()),
+        ])
+        .unwrap_err();
+        assert_eq!(e.code, Code::InvalidEnvironment);
+        assert!(e.msg.contains("CNI_ARGS"), "{e}");
+        let e = collect_env([(
+            OsString::from_vec(b"CNI_\xff".to_vec()),
+            OsString::from("1"),
+        )])
+        .unwrap_err();
+        assert_eq!(e.code, Code::InvalidEnvironment);
+        let ok = collect_env([
+            (OsString::from("CNI_COMMAND"), OsString::from("DEL")),
+            (OsString::from("LANG"), bad()),
+            (bad(), OsString::from("v")),
+        ])
+        .unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok["CNI_COMMAND"], "DEL");
+    }
+
+    #[test]
     fn del_needs_no_netns() {
         let v = vars(&[("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]);
         assert!(parse_env(Verb::Del, &v).unwrap().netns.is_none());
