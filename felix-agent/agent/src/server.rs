@@ -250,7 +250,8 @@ pub async fn serve_cni_with(
         let requests = requests.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _guard = guard;
+            // Held until the task ends, however it ends.
+            let guard = guard;
             let (read, mut write) = stream.into_split();
             let line = tokio::select! {
                 _ = evicted => {
@@ -262,7 +263,7 @@ pub async fn serve_cni_with(
                     read_line_capped(BufReader::new(read), limits.max_line),
                 ) => r,
             };
-            if let Ok(mut s) = _guard.slots.lock() {
+            if let Ok(mut s) = guard.slots.lock() {
                 s.busy(id);
             }
             let answer = match line {

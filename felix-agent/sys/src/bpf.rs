@@ -57,15 +57,6 @@ impl BpfError {
             log: String::new(),
         }
     }
-
-    /// True when the kernel does not offer this (no `bpf(2)`, no TCX, or
-    /// no right to use it here): the caller may fall back to another path.
-    pub fn is_unsupported(&self) -> bool {
-        matches!(
-            self.errno,
-            libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL
-        )
-    }
 }
 
 /// The one unsafe call: `bpf(cmd, attr, size_of(attr))`.
