@@ -198,6 +198,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
                 ips: &alloc.ips,
             },
             mtu,
+            conf.source_guard.plan(conf.egress_shaping),
         )
     }) {
         Ok(w) => w,

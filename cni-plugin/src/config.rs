@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use tabby_sys::GuardHook;
+
 use crate::error::{CniError, CniResult, Code};
 
 /// The versions whose configuration and result formats this plugin speaks.
@@ -117,6 +119,34 @@ pub struct ValidAttachment {
     pub ifname: String,
 }
 
+/// `sourceGuard`: where the anti-spoofing guard is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceGuard {
+    /// clsact (fast), unless the pod asks for egress shaping, which needs
+    /// the `ingress` qdisc clsact would block: then TCX. Each falls back to
+    /// the other.
+    #[default]
+    Auto,
+    /// Always TCX, no fallback.
+    Tcx,
+    /// Always clsact, no fallback.
+    Clsact,
+}
+
+impl SourceGuard {
+    /// Where to attach the guard first, and where to go when that fails
+    /// (`None`: fail the ADD). `egress_shaping`: the runtime passed a
+    /// non-zero `egressRate` or `egressBurst`.
+    pub fn plan(self, egress_shaping: bool) -> (GuardHook, Option<GuardHook>) {
+        match self {
+            SourceGuard::Tcx => (GuardHook::Tcx, None),
+            SourceGuard::Clsact => (GuardHook::Clsact, None),
+            SourceGuard::Auto if egress_shaping => (GuardHook::Tcx, Some(GuardHook::Clsact)),
+            SourceGuard::Auto => (GuardHook::Clsact, Some(GuardHook::Tcx)),
+        }
+    }
+}
+
 /// The plugin's network configuration.
 #[derive(Debug, Clone)]
 pub struct NetConf {
@@ -134,6 +164,11 @@ pub struct NetConf {
     pub agent_socket: Option<PathBuf>,
     /// `ipam`.
     pub ipam: IpamConf,
+    /// `sourceGuard`.
+    pub source_guard: SourceGuard,
+    /// `runtimeConfig.bandwidth` asks for egress shaping (a non-zero
+    /// `egressRate` or `egressBurst`).
+    pub egress_shaping: bool,
     /// `dns`, passed into the result.
     pub dns: Option<Value>,
     /// `prevResult`.
@@ -156,7 +191,14 @@ const SPEC_KEYS: [&str; 8] = [
     "dns",
 ];
 /// Keys tabby defines.
-const TABBY_KEYS: [&str; 5] = ["mtu", "dataDir", "runDir", "agentSocket", "ipam"];
+const TABBY_KEYS: [&str; 6] = [
+    "mtu",
+    "dataDir",
+    "runDir",
+    "agentSocket",
+    "ipam",
+    "sourceGuard",
+];
 
 fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
     CniError::new(Code::InvalidConfig, msg, details)
@@ -283,6 +325,28 @@ pub fn parse_conf(stdin: &[u8]) -> CniResult<NetConf> {
         }
     };
     let ipam = parse_ipam(map.get("ipam"))?;
+    let source_guard = match map.get("sourceGuard") {
+        None | Some(Value::Null) => SourceGuard::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => SourceGuard::Auto,
+            "tcx" => SourceGuard::Tcx,
+            "clsact" => SourceGuard::Clsact,
+            other => {
+                return Err(invalid(
+                    format!("unknown sourceGuard {other:?}"),
+                    "sourceGuard is \"auto\", \"tcx\" or \"clsact\"",
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(CniError::new(
+                Code::Decode,
+                "sourceGuard must be a string",
+                "",
+            ));
+        }
+    };
+    let egress_shaping = egress_shaping(map.get("runtimeConfig"))?;
     let dns = match map.get("dns") {
         None | Some(Value::Null) => None,
         Some(v @ Value::Object(_)) => Some(v.clone()),
@@ -324,11 +388,55 @@ pub fn parse_conf(stdin: &[u8]) -> CniResult<NetConf> {
         run_dir,
         agent_socket,
         ipam,
+        source_guard,
+        egress_shaping,
         dns,
         prev_result,
         valid_attachments,
         raw,
     })
+}
+
+/// Whether `runtimeConfig.bandwidth` (CNI conventions, bits/s and bits)
+/// asks for egress shaping: a non-zero `egressRate` or `egressBurst`. The
+/// rest of `runtimeConfig` is other plugins' business and not looked at.
+fn egress_shaping(runtime: Option<&Value>) -> CniResult<bool> {
+    let bw = match runtime {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Object(m)) => match m.get("bandwidth") {
+            None | Some(Value::Null) => return Ok(false),
+            Some(Value::Object(bw)) => bw,
+            Some(_) => {
+                return Err(CniError::new(
+                    Code::Decode,
+                    "runtimeConfig.bandwidth must be an object",
+                    "",
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(CniError::new(
+                Code::Decode,
+                "runtimeConfig must be an object",
+                "",
+            ));
+        }
+    };
+    let mut shaping = false;
+    for key in ["egressRate", "egressBurst"] {
+        match bw.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) => shaping |= n.as_f64().is_some_and(|v| v != 0.0),
+            Some(_) => {
+                return Err(CniError::new(
+                    Code::Decode,
+                    format!("runtimeConfig.bandwidth.{key} must be a number"),
+                    "",
+                ));
+            }
+        }
+    }
+    Ok(shaping)
 }
 
 fn abs_path(map: &Map<String, Value>, key: &str, default: &str) -> CniResult<PathBuf> {
@@ -700,7 +808,7 @@ mod tests {
     fn every_documented_key_is_accepted() {
         let c = conf(
             r#"{"cniVersion":"0.4.0","name":"n","type":"tabby","mtu":1400,"dataDir":"/d","runDir":"/r",
-                "agentSocket":"/r/agent.sock","ipam":{"type":"tabby-ipam","subnets":["10.0.0.0/24","fd00::/120"]},
+                "agentSocket":"/r/agent.sock","sourceGuard":"tcx","ipam":{"type":"tabby-ipam","subnets":["10.0.0.0/24","fd00::/120"]},
                 "args":{},"runtimeConfig":{},"capabilities":{"portMappings":true},"dns":{"nameservers":["10.0.0.10"]},
                 "cni.dev/example":1}"#,
         )
@@ -774,6 +882,73 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(code(conf(input)), *want, "input {input}");
+        }
+    }
+
+    #[test]
+    fn source_guard_defaults_to_auto_and_refuses_unknown_modes_naming_the_key() {
+        let base = r#"{"cniVersion":"1.1.0","name":"n","type":"t""#;
+        assert_eq!(
+            conf(&format!("{base}}}")).unwrap().source_guard,
+            SourceGuard::Auto
+        );
+        for (v, want) in [
+            ("auto", SourceGuard::Auto),
+            ("tcx", SourceGuard::Tcx),
+            ("clsact", SourceGuard::Clsact),
+        ] {
+            let c = conf(&format!(r#"{base},"sourceGuard":"{v}"}}"#)).unwrap();
+            assert_eq!(c.source_guard, want, "{v}");
+        }
+        for bad in [r#""TCX""#, r#""ebpf""#, r#""""#] {
+            let e = conf(&format!(r#"{base},"sourceGuard":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{bad}");
+            assert!(e.msg.contains("sourceGuard"), "{e}");
+        }
+        let e = conf(&format!(r#"{base},"sourceGuard":1}}"#)).unwrap_err();
+        assert_eq!(e.code, Code::Decode);
+        assert!(e.msg.contains("sourceGuard"), "{e}");
+    }
+
+    #[test]
+    fn only_a_non_zero_egress_rate_or_burst_asks_for_egress_shaping() {
+        let with = |rc: &str| {
+            conf(&format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"t","runtimeConfig":{rc}}}"#
+            ))
+        };
+        let cases = [
+            (r#"{}"#, false),
+            (r#"{"portMappings":[]}"#, false),
+            (
+                r#"{"bandwidth":{"ingressRate":1000000,"ingressBurst":100000}}"#,
+                false,
+            ),
+            (r#"{"bandwidth":{"egressRate":0,"egressBurst":0}}"#, false),
+            (r#"{"bandwidth":{"egressRate":1000000}}"#, true),
+            (r#"{"bandwidth":{"egressBurst":100000}}"#, true),
+            (
+                r#"{"bandwidth":{"ingressRate":1,"ingressBurst":1,"egressRate":20000000,"egressBurst":1000000}}"#,
+                true,
+            ),
+        ];
+        for (rc, want) in cases {
+            assert_eq!(with(rc).unwrap().egress_shaping, want, "{rc}");
+        }
+        let e = with(r#"{"bandwidth":{"egressRate":"20M"}}"#).unwrap_err();
+        assert_eq!(e.code, Code::Decode);
+        assert!(e.msg.contains("egressRate"), "{e}");
+        assert_eq!(with(r#"{"bandwidth":[]}"#).unwrap_err().code, Code::Decode);
+    }
+
+    #[test]
+    fn auto_takes_clsact_unless_egress_is_shaped_and_forced_modes_never_fall_back() {
+        use GuardHook::{Clsact, Tcx};
+        assert_eq!(SourceGuard::Auto.plan(false), (Clsact, Some(Tcx)));
+        assert_eq!(SourceGuard::Auto.plan(true), (Tcx, Some(Clsact)));
+        for shaping in [false, true] {
+            assert_eq!(SourceGuard::Tcx.plan(shaping), (Tcx, None));
+            assert_eq!(SourceGuard::Clsact.plan(shaping), (Clsact, None));
         }
     }
 

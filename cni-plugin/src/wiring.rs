@@ -17,7 +17,7 @@ use tabby_common::naming::{
 use tabby_sys::netlink::{RTN_UNICAST, SCOPE_LINK, SCOPE_UNIVERSE, TABLE_MAIN, VethSpec};
 
 use tabby_sys::teardown::{self, LinkEvents};
-use tabby_sys::{GuardState, LinkSummary, NetNs, Netlink, RouteSpec, sysctl};
+use tabby_sys::{GuardHook, GuardState, LinkSummary, NetNs, Netlink, RouteSpec, sysctl};
 use tracing::{debug, info, warn};
 
 use crate::error::{CniError, CniResult, Code};
@@ -38,6 +38,11 @@ pub struct Attachment<'a> {
     /// The pod's addresses (host prefixes).
     pub ips: &'a [IpNet],
 }
+
+/// Where ADD attaches the source guard: first choice, and the fallback
+/// when that fails (`None`: the ADD fails). See
+/// [`crate::config::SourceGuard::plan`].
+pub type GuardPlan = (GuardHook, Option<GuardHook>);
 
 /// What ADD made.
 #[derive(Debug, Clone)]
@@ -135,6 +140,7 @@ pub fn add(
     host_ns: &NetNs,
     req: &Attachment<'_>,
     mtu: u32,
+    guard_plan: GuardPlan,
 ) -> CniResult<Wired> {
     let v4 = req.ips.iter().any(|i| i.addr().is_ipv4());
     let v6 = req.ips.iter().any(|i| i.addr().is_ipv6());
@@ -240,7 +246,7 @@ pub fn add(
         }
     };
 
-    match host_side(host, req, host_index, v4, v6) {
+    match host_side(host, req, host_index, v4, v6, guard_plan) {
         Ok(host_index) => Ok(Wired {
             host_index,
             pod_mac,
@@ -262,6 +268,7 @@ fn host_side(
     index: Option<u32>,
     v4: bool,
     v6: bool,
+    guard_plan: GuardPlan,
 ) -> CniResult<u32> {
     let index = match index {
         Some(i) => i,
@@ -292,9 +299,9 @@ fn host_side(
     mark("host sysctls+addr");
     // Before the host end comes up, so no packet ever passes unguarded.
     let own: Vec<IpAddr> = req.ips.iter().map(IpNet::addr).collect();
-    let hook = host.install_source_guard(index, &own)?;
+    let hook = attach_guard(host, index, &own, guard_plan)?;
     mark("host guard");
-    debug!(iface = h, ?hook, "source guard attached");
+    debug!(iface = h, hook = hook.as_str(), "source guard attached");
     host.set_up(index)?;
     mark("host up");
     for ip in req.ips {
@@ -303,6 +310,42 @@ fn host_side(
     mark("host routes");
     debug!(iface = h, index = index, "host end ready");
     Ok(index)
+}
+
+/// Attaches the guard per `plan`; returns where it went.
+fn attach_guard(
+    host: &mut Netlink,
+    index: u32,
+    own: &[IpAddr],
+    (first, fallback): GuardPlan,
+) -> CniResult<GuardHook> {
+    let err = match host.install_source_guard(index, own, first) {
+        Ok(()) => return Ok(first),
+        Err(e) => e,
+    };
+    let Some(second) = fallback else {
+        return Err(err.into());
+    };
+    if first == GuardHook::Clsact {
+        // A qdisc without our filter would still block bandwidth's.
+        if let Err(e) = host.remove_clsact(index) {
+            warn!(index, error = %e, "cannot remove a half-made clsact qdisc");
+        }
+    }
+    warn!(
+        index,
+        error = %err,
+        "the source guard could not be attached with {}: falling back to {}{}",
+        first.as_str(),
+        second.as_str(),
+        if second == GuardHook::Clsact {
+            " (the bandwidth plugin's egress shaping cannot share its qdisc)"
+        } else {
+            ""
+        }
+    );
+    host.install_source_guard(index, own, second)?;
+    Ok(second)
 }
 
 /// How long DEL waits for the kernel to unlist the pair.

@@ -276,24 +276,32 @@ fn bandwidth_shapes_both_directions_behind_tabby_and_spoofing_stays_dropped() {
     const LIMIT_MBPS: f64 = 20.0;
     let n = Node::new("bw");
     let pod = Netns::new("bwp");
+    // As libcni does: every plugin declaring the bandwidth capability gets
+    // the pod's limits in its runtimeConfig, tabby too.
+    let limits = json!({"bandwidth": {
+        "ingressRate": 20_000_000, "ingressBurst": 1_000_000,
+        "egressRate": 20_000_000, "egressBurst": 1_000_000
+    }});
     let mut tabby = n.conf("1.0.0");
     tabby.as_object_mut().unwrap().remove("cniVersion");
+    tabby["capabilities"] = json!({"bandwidth": true});
+    tabby["runtimeConfig"] = limits.clone();
     let bandwidth = json!({
         "type": "bandwidth",
         "capabilities": {"bandwidth": true},
-        "runtimeConfig": {"bandwidth": {
-            "ingressRate": 20_000_000, "ingressBurst": 1_000_000,
-            "egressRate": 20_000_000, "egressBurst": 1_000_000
-        }}
+        "runtimeConfig": limits,
     });
     let r1 = chain_step(&n, "tabby", "ADD", &pod, tabby.clone(), None).expect_ok();
+    // Egress shaping asked for: the guard went to TCX, leaving no qdisc.
+    let host = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let qdiscs = n.node.ok(&format!("tc qdisc show dev {host}"));
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
     let _server = Iperf3Server::start(&n.ext, 5201);
     let free_out = iperf3_mbps(&pod, EXT_V4, 5201, false);
     let free_in = iperf3_mbps(&pod, EXT_V4, 5201, true);
 
     // What failed with tabby's clsact qdisc: "create ingress qdisc: file exists".
     let r2 = chain_step(&n, "bandwidth", "ADD", &pod, bandwidth.clone(), Some(&r1)).expect_ok();
-    let host = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
     let qdiscs = n.node.ok(&format!("tc qdisc show dev {host}"));
     assert!(
         qdiscs.contains("tbf"),
@@ -319,8 +327,12 @@ fn bandwidth_shapes_both_directions_behind_tabby_and_spoofing_stays_dropped() {
         );
     }
 
-    // The guard still runs first, in front of bandwidth's ingress filter.
+    // The guard still runs first, in front of bandwidth's ingress filter
+    // (strict reverse-path filtering off, so only the guard can drop).
     let own = ipv4_of(&r1);
+    n.node.ok(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{host}.rp_filter=0"
+    ));
     pod.ok("ip addr add 10.244.1.60/32 dev eth0");
     let rx = n
         .ext

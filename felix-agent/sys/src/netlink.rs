@@ -624,45 +624,67 @@ impl Netlink {
 
 impl Netlink {
     /// Attaches the anti-spoofing program of [`crate::source_guard`] to the
-    /// ingress of `index`, a link with nothing attached yet: with TCX where
-    /// the kernel has it, else (logged) the classic program on clsact.
+    /// ingress of `index`, a link with nothing attached yet, at `hook`:
+    /// the eBPF program at TCX, or the classic one on a clsact qdisc. The
+    /// caller chooses (and falls back); nothing is tried behind its back.
     pub fn install_source_guard(
         &mut self,
         index: u32,
         allowed: &[IpAddr],
-    ) -> Result<GuardHook, NetlinkError> {
-        use crate::source_guard::{TcxError, attach_tcx};
-        match attach_tcx(index, allowed) {
-            Ok(()) => Ok(GuardHook::Tcx),
-            Err(TcxError::Unavailable(e)) => {
-                tracing::warn!(
-                    index,
-                    error = %e,
-                    "TCX is not available: attaching the source guard on a clsact qdisc, \
-                     which the bandwidth plugin's egress shaping cannot share"
-                );
-                self.install_source_guard_clsact(index, allowed)?;
-                Ok(GuardHook::Clsact)
-            }
-            Err(TcxError::Failed(e)) => Err(NetlinkError::Kernel {
-                op: format!("install source guard on link {index}: {}", e.op)
-                    + &if e.log.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (verifier: {})", e.log.trim())
+        hook: GuardHook,
+    ) -> Result<(), NetlinkError> {
+        match hook {
+            GuardHook::Clsact => self.install_source_guard_clsact(index, allowed),
+            GuardHook::Tcx => {
+                crate::source_guard::attach_tcx(index, allowed).map_err(|e| match e {
+                    crate::source_guard::TcxError::Unavailable(e)
+                    | crate::source_guard::TcxError::Failed(e) => NetlinkError::Kernel {
+                        op: format!("install source guard on link {index}: {}", e.op)
+                            + &if e.log.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (verifier: {})", e.log.trim())
+                            },
+                        errno: e.errno,
                     },
-                errno: e.errno,
-            }),
-            Err(e @ TcxError::Assemble(_)) => Err(NetlinkError::Decode {
-                op: format!("install source guard on link {index}"),
-                detail: e.to_string(),
-            }),
+                    e @ crate::source_guard::TcxError::Assemble(_) => NetlinkError::Decode {
+                        op: format!("install source guard on link {index}"),
+                        detail: e.to_string(),
+                    },
+                })
+            }
         }
     }
 
-    /// The fallback: the classic program on the tc ingress of `index`
-    /// (adding the clsact qdisc first), replacing any earlier version of it.
-    pub fn install_source_guard_clsact(
+    /// Removes the clsact qdisc of `index` (and the filters on it): what a
+    /// half-made clsact guard leaves before the caller falls back to TCX.
+    /// Already gone is success.
+    pub fn remove_clsact(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let op = format!("remove the clsact qdisc of link {index}");
+        let mut qdisc = TcMessage::default();
+        qdisc.header.index = i32::try_from(index).map_err(|_| NetlinkError::Kernel {
+            op: op.clone(),
+            errno: libc::EINVAL,
+        })?;
+        qdisc.header.parent = TcHandle::CLSACT;
+        qdisc.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.request(&op, RouteNetlinkMessage::DelQueueDiscipline(qdisc), 0) {
+            Err(NetlinkError::Kernel { errno, .. })
+                if errno == libc::ENOENT || errno == libc::EINVAL || errno == libc::ENODEV =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The classic program on the tc ingress of `index` (adding the clsact
+    /// qdisc first), replacing any earlier version of it.
+    fn install_source_guard_clsact(
         &mut self,
         index: u32,
         allowed: &[IpAddr],
@@ -778,13 +800,34 @@ impl Netlink {
     }
 }
 
-/// Where a source guard was attached.
+/// Where a source guard is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardHook {
-    /// eBPF at the TCX ingress.
+    /// eBPF at the TCX ingress: no qdisc, so the `bandwidth` plugin can add
+    /// its `ingress` qdisc; costs an RCU grace period per attach and per
+    /// device deletion.
     Tcx,
-    /// Classic BPF on a clsact qdisc (kernels without TCX).
+    /// Classic BPF on a clsact qdisc: fast, but no `ingress` qdisc can be
+    /// added next to it.
     Clsact,
+}
+
+impl GuardHook {
+    /// The other hook (the fallback).
+    pub fn other(self) -> GuardHook {
+        match self {
+            GuardHook::Tcx => GuardHook::Clsact,
+            GuardHook::Clsact => GuardHook::Tcx,
+        }
+    }
+
+    /// The name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardHook::Tcx => "tcx",
+            GuardHook::Clsact => "clsact",
+        }
+    }
 }
 
 /// What protects a host end (see [`Netlink::source_guard`]).
@@ -792,7 +835,7 @@ pub enum GuardHook {
 pub enum GuardState {
     /// The guard for the expected addresses runs first at TCX ingress.
     Tcx,
-    /// The classic guard is on the clsact fallback.
+    /// The classic guard is on a clsact qdisc.
     Clsact,
     /// A tabby guard runs first at TCX ingress, for other addresses.
     Stale,
