@@ -4,6 +4,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::server::Refusal;
+
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -112,10 +114,28 @@ pub struct Metrics {
     pub resyncs: Counter,
     /// Objects refused at the datastore boundary, by kind.
     pub invalid_objects: LabeledCounter,
+    /// CNI connections closed unserved, per [`Refusal`] (in `Refusal::ALL` order).
+    cni_refused: [Counter; 4],
     status: Mutex<String>,
 }
 
 impl Metrics {
+    /// Counts a CNI connection closed without being served.
+    pub fn cni_refused(&self, why: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == why) {
+            self.cni_refused[i].inc();
+        }
+    }
+
+    /// CNI connections closed for `why` so far.
+    pub fn cni_refused_count(&self, why: Refusal) -> u64 {
+        Refusal::ALL
+            .iter()
+            .position(|r| *r == why)
+            .map(|i| self.cni_refused[i].get())
+            .unwrap_or(0)
+    }
+
     /// Sets the gauges: local endpoints, policies, sets, pods known.
     pub fn set_gauges(&self, endpoints: usize, policies: usize, sets: usize, pods: usize) {
         if let Ok(mut g) = self.gauges.lock() {
@@ -215,6 +235,14 @@ impl Metrics {
             }
         }
         self.render_bgp_rejected(&mut out);
+        out.push_str("# HELP tabby_cni_connections_refused_total CNI socket connections closed without being served: busy (at the cap, all mid-request), evicted (idle, displaced by a newer one at the cap), too_long (request line over the cap), idle (no complete line in time).\n# TYPE tabby_cni_connections_refused_total counter\n");
+        for why in Refusal::ALL {
+            out.push_str(&format!(
+                "tabby_cni_connections_refused_total{{reason=\"{}\"}} {}\n",
+                why.as_str(),
+                self.cni_refused_count(why)
+            ));
+        }
         out.push_str("# HELP tabby_dropped_packets_total Packets dropped by policy, per endpoint and direction.\n# TYPE tabby_dropped_packets_total counter\n");
         for (chain, n) in drops {
             let (dir, iface) = match chain.split_once('_') {

@@ -624,9 +624,67 @@ impl Netlink {
 
 impl Netlink {
     /// Attaches the anti-spoofing program of [`crate::source_guard`] to the
-    /// tc ingress of `index` (adding the clsact qdisc first), replacing any
-    /// earlier version of it.
+    /// ingress of `index`, a link with nothing attached yet, at `hook`:
+    /// the eBPF program at TCX, or the classic one on a clsact qdisc. The
+    /// caller chooses (and falls back); nothing is tried behind its back.
     pub fn install_source_guard(
+        &mut self,
+        index: u32,
+        allowed: &[IpAddr],
+        hook: GuardHook,
+    ) -> Result<(), NetlinkError> {
+        match hook {
+            GuardHook::Clsact => self.install_source_guard_clsact(index, allowed),
+            GuardHook::Tcx => {
+                crate::source_guard::attach_tcx(index, allowed).map_err(|e| match e {
+                    crate::source_guard::TcxError::Unavailable(e)
+                    | crate::source_guard::TcxError::Failed(e) => NetlinkError::Kernel {
+                        op: format!("install source guard on link {index}: {}", e.op)
+                            + &if e.log.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (verifier: {})", e.log.trim())
+                            },
+                        errno: e.errno,
+                    },
+                    e @ crate::source_guard::TcxError::Assemble(_) => NetlinkError::Decode {
+                        op: format!("install source guard on link {index}"),
+                        detail: e.to_string(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Removes the clsact qdisc of `index` (and the filters on it): what a
+    /// half-made clsact guard leaves before the caller falls back to TCX.
+    /// Already gone is success.
+    pub fn remove_clsact(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let op = format!("remove the clsact qdisc of link {index}");
+        let mut qdisc = TcMessage::default();
+        qdisc.header.index = i32::try_from(index).map_err(|_| NetlinkError::Kernel {
+            op: op.clone(),
+            errno: libc::EINVAL,
+        })?;
+        qdisc.header.parent = TcHandle::CLSACT;
+        qdisc.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.request(&op, RouteNetlinkMessage::DelQueueDiscipline(qdisc), 0) {
+            Err(NetlinkError::Kernel { errno, .. })
+                if errno == libc::ENOENT || errno == libc::EINVAL || errno == libc::ENODEV =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The classic program on the tc ingress of `index` (adding the clsact
+    /// qdisc first), replacing any earlier version of it.
+    fn install_source_guard_clsact(
         &mut self,
         index: u32,
         allowed: &[IpAddr],
@@ -700,7 +758,29 @@ impl Netlink {
         )
     }
 
-    /// True when the source guard is attached to `index`.
+    /// Whether the source guard for `allowed` protects `index`: first at
+    /// its TCX ingress (checked exactly, by the program's tag), or else on
+    /// the clsact fallback (checked by presence).
+    pub fn source_guard(
+        &mut self,
+        index: u32,
+        allowed: &[IpAddr],
+    ) -> Result<GuardState, NetlinkError> {
+        use crate::source_guard::{TcxGuard, tcx_guard};
+        match tcx_guard(index, allowed) {
+            Ok(TcxGuard::Current) => return Ok(GuardState::Tcx),
+            Ok(TcxGuard::Stale) => return Ok(GuardState::Stale),
+            // Nothing on TCX (or no TCX here): the fallback may be in use.
+            Ok(TcxGuard::Absent) | Err(_) => {}
+        }
+        Ok(if self.has_source_guard(index)? {
+            GuardState::Clsact
+        } else {
+            GuardState::Missing
+        })
+    }
+
+    /// True when the classic source guard is attached to `index`'s clsact.
     pub fn has_source_guard(&mut self, index: u32) -> Result<bool, NetlinkError> {
         let mut req = TcMessage::default();
         req.header.index = i32::try_from(index).unwrap_or(0);
@@ -718,6 +798,49 @@ impl Netlink {
                     && f.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf")))
         }))
     }
+}
+
+/// Where a source guard is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardHook {
+    /// eBPF at the TCX ingress: no qdisc, so the `bandwidth` plugin can add
+    /// its `ingress` qdisc; costs an RCU grace period per attach and per
+    /// device deletion.
+    Tcx,
+    /// Classic BPF on a clsact qdisc: fast, but no `ingress` qdisc can be
+    /// added next to it.
+    Clsact,
+}
+
+impl GuardHook {
+    /// The other hook (the fallback).
+    pub fn other(self) -> GuardHook {
+        match self {
+            GuardHook::Tcx => GuardHook::Clsact,
+            GuardHook::Clsact => GuardHook::Tcx,
+        }
+    }
+
+    /// The name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardHook::Tcx => "tcx",
+            GuardHook::Clsact => "clsact",
+        }
+    }
+}
+
+/// What protects a host end (see [`Netlink::source_guard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardState {
+    /// The guard for the expected addresses runs first at TCX ingress.
+    Tcx,
+    /// The classic guard is on a clsact qdisc.
+    Clsact,
+    /// A tabby guard runs first at TCX ingress, for other addresses.
+    Stale,
+    /// No guard.
+    Missing,
 }
 
 /// tc priority of the anti-spoofing filter; later filters (the eBPF

@@ -191,7 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind_cni_socket(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(server::serve_cni(listener, req_tx));
+    tokio::spawn(server::serve_cni(listener, req_tx, metrics.clone()));
     let http = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
