@@ -64,7 +64,7 @@ fn the_agents_token_has_exactly_the_manifests_permissions() {
     };
     assert!(can(&["watch", "pods", "-A"]));
     assert!(can(&["list", "networkpolicies.networking.k8s.io", "-A"]));
-    assert!(can(&["patch", "nodes/status"]));
+    assert!(can(&["patch", "nodes", "--subresource=status"]));
     assert!(can(&["watch", "bgppeers.tabby.dev"]));
     assert!(!can(&["get", "pods", "-A"]), "the agent never GETs");
     assert!(!can(&["patch", "nodes"]));
@@ -164,4 +164,48 @@ fn restarting_the_apiserver_then_etcd_leaves_the_dataplane_untouched_and_the_wat
     let bound = 6 * node_names.len() * 2;
     eprintln!("agent LISTs across both restarts: {lists} (bound {bound})");
     assert!(lists <= bound, "{lists} LISTs across two restarts");
+}
+
+#[test]
+fn an_object_with_a_field_from_a_newer_tabby_is_read_for_what_this_agent_knows() {
+    let lab = Lab::up_in(Mode::Kubernetes, 1);
+    // A newer tabby's CRD: BGPPeer's spec has a field this agent lacks.
+    lab.kubectl(&[
+        "patch",
+        "crd",
+        "bgppeers.tabby.dev",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/futureKnob","value":{"type":"string"}}]"#,
+    ]);
+    let f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(
+        f.path(),
+        "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\n\
+         spec: {peerIP: 10.99.0.250, asNumber: 65000, futureKnob: turbo}\n",
+    )
+    .unwrap();
+    // The API server keeps the field (its CRD declares it).
+    eventually("the API server accepts the newer field", 30, || {
+        std::process::Command::new(workspace_tabbyctl())
+            .args(["lab", "kubectl", "--name", &lab.name, "--", "apply", "-f"])
+            .arg(f.path())
+            .status()
+            .unwrap()
+            .success()
+    });
+    let stored = lab.kubectl(&["get", "bgppeer", "tor", "-o", "jsonpath={.spec.futureKnob}"]);
+    assert_eq!(stored, "turbo");
+    let has_peer = |lab: &Lab| {
+        lab.status()["nodes"][0]["bgpSessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["peer"] == "10.99.0.250" && s["asn"] == 65000)
+    };
+    // Through the watch, and through a fresh LIST after a restart.
+    eventually("the agent peers with the newer BGPPeer", 60, || has_peer(&lab));
+    lab.ok(&["restart", "--node", "node-1"]);
+    eventually("the restarted agent lists it too", 60, || has_peer(&lab));
+    assert_eq!(lab.status()["nodes"][0]["ready"], true);
 }

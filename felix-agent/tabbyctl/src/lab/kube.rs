@@ -679,13 +679,22 @@ pub fn run_kubectl(layout: &Layout, args: &[String]) -> anyhow::Result<i32> {
     Ok(status.code().unwrap_or(1))
 }
 
-/// The objects the files hold, joined into one stream for kubectl.
-fn joined(sources: &[super::Source]) -> String {
-    sources
-        .iter()
-        .map(|(_, text)| text.as_str())
-        .collect::<Vec<_>>()
-        .join("\n---\n")
+/// The objects of the files as one JSON `List` for kubectl. The lab reads
+/// YAML 1.2 in both modes (serde_yaml): kubectl's YAML 1.1 would read an
+/// unquoted `y` or `no` as a boolean, and the same file must mean the same
+/// in both modes.
+fn joined(sources: &[super::Source]) -> anyhow::Result<String> {
+    let mut items = Vec::new();
+    for (name, text) in sources {
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let v = serde_yaml::Value::deserialize(doc).with_context(|| format!("parsing {name}"))?;
+            if v.is_null() {
+                continue;
+            }
+            items.push(serde_json::to_value(v).with_context(|| format!("converting {name}"))?);
+        }
+    }
+    Ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string())
 }
 
 /// `lab apply` through the API server: `kubectl apply` (so the API
@@ -744,7 +753,7 @@ pub fn apply(
             pods.insert((ns_of(meta).to_string(), name_of(meta).to_string()));
         }
     }
-    let out = kubectl(layout, cp, &["apply", "-f", "-"], &joined(sources))?;
+    let out = kubectl(layout, cp, &["apply", "-f", "-"], &joined(sources)?)?;
     out!("{}", out.trim_end());
     wait_pods_running(layout, cp, &pods, timeout)?;
     barrier(layout, state, timeout)
@@ -771,7 +780,7 @@ pub fn delete(
             "-f",
             "-",
         ],
-        &joined(sources),
+        &joined(sources)?,
     )?;
     out!("{}", out.trim_end());
     barrier(layout, state, timeout)
