@@ -42,8 +42,14 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_encapsulation(mode
     // Each node routes the other nodes' blocks straight to them (BGP).
     let (n2, n3) = (lab.pod_cidrs("node-2"), lab.pod_cidrs("node-3"));
     let routes = ip_in(&lab.node_netns("node-1"), "route show proto 151");
-    assert!(routes.contains(&format!("{} via 10.99.0.12", n2[0])), "{routes}");
-    assert!(routes.contains(&format!("{} via 10.99.0.13", n3[0])), "{routes}");
+    assert!(
+        routes.contains(&format!("{} via 10.99.0.12", n2[0])),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(&format!("{} via 10.99.0.13", n3[0])),
+        "{routes}"
+    );
     let routes6 = ip_in(&lab.node_netns("node-1"), "-6 route show proto 151");
     assert!(
         routes6.contains(&format!("{} via fd00:99::c", n2[1])),
@@ -235,7 +241,10 @@ fn restarting_a_nodes_agent_keeps_its_routes_and_pod_traffic_flowing(mode: Mode)
     // is there now.
     let routes = ip_in(&lab.node_netns("node-1"), "route show proto 151");
     let block = &lab.pod_cidrs("node-2")[0];
-    assert!(routes.contains(&format!("{block} via 10.99.0.12")), "{routes}");
+    assert!(
+        routes.contains(&format!("{block} via 10.99.0.12")),
+        "{routes}"
+    );
     let out = ping.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -5,8 +5,8 @@
 
 mod lab;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use lab::*;
 use serde_json::Value;
@@ -26,11 +26,15 @@ fn every_node_gets_network_unavailable_false_from_its_agent_and_its_cidrs_from_t
     assert!(std::path::Path::new(kubeconfig).is_file(), "{kubeconfig}");
     eventually("NetworkUnavailable=False on every node", 60, || {
         nodes(&lab).iter().all(|n| {
-            n["status"]["conditions"].as_array().unwrap().iter().any(|c| {
-                c["type"] == "NetworkUnavailable"
-                    && c["status"] == "False"
-                    && c["reason"] == "TabbyIsUp"
-            })
+            n["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| {
+                    c["type"] == "NetworkUnavailable"
+                        && c["status"] == "False"
+                        && c["reason"] == "TabbyIsUp"
+                })
         })
     });
     // The lab's blocks are what kube-controller-manager allocated, dual stack.
@@ -43,8 +47,14 @@ fn every_node_gets_network_unavailable_false_from_its_agent_and_its_cidrs_from_t
             .map(|c| c.as_str().unwrap().to_string())
             .collect();
         assert_eq!(cidrs, lab.pod_cidrs(name));
-        assert!(cidrs[0].starts_with("10.244.") && cidrs[0].ends_with("/24"), "{cidrs:?}");
-        assert!(cidrs[1].starts_with("fd00:244:") && cidrs[1].ends_with("/64"), "{cidrs:?}");
+        assert!(
+            cidrs[0].starts_with("10.244.") && cidrs[0].ends_with("/24"),
+            "{cidrs:?}"
+        );
+        assert!(
+            cidrs[1].starts_with("fd00:244:") && cidrs[1].ends_with("/64"),
+            "{cidrs:?}"
+        );
     }
 }
 
@@ -204,7 +214,9 @@ fn an_object_with_a_field_from_a_newer_tabby_is_read_for_what_this_agent_knows()
             .any(|s| s["peer"] == "10.99.0.250" && s["asn"] == 65000)
     };
     // Through the watch, and through a fresh LIST after a restart.
-    eventually("the agent peers with the newer BGPPeer", 60, || has_peer(&lab));
+    eventually("the agent peers with the newer BGPPeer", 60, || {
+        has_peer(&lab)
+    });
     lab.ok(&["restart", "--node", "node-1"]);
     eventually("the restarted agent lists it too", 60, || has_peer(&lab));
     assert_eq!(lab.status()["nodes"][0]["ready"], true);

@@ -82,10 +82,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, DefaultBackoff};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Client, CustomResourceExt, Resource};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -303,11 +303,12 @@ impl<K: Resource<DynamicType = ()>> Resource for Tolerant<K> {
 impl<'de, K: CustomResourceExt + DeserializeOwned> Deserialize<'de> for Tolerant<K> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut value = serde_json::Value::deserialize(d)?;
-        let meta: ObjectMeta = serde_json::from_value(value["metadata"].clone())
-            .map_err(serde::de::Error::custom)?;
+        let meta: ObjectMeta =
+            serde_json::from_value(value["metadata"].clone()).map_err(serde::de::Error::custom)?;
         if let Some(spec) = value.get_mut("spec") {
             let crd = serde_json::to_value(K::crd()).unwrap_or_default();
-            let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+            let schema =
+                &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
             prune(spec, schema);
         }
         let object = match serde_json::from_value::<K>(value) {

@@ -136,9 +136,28 @@ fn issue(dir: &Path, name: &str, subject: &str, extensions: &[String]) -> anyhow
     let key = format!("{name}.key");
     let crt = format!("{name}.crt");
     let mut args = vec![
-        "req", "-config", "openssl.cnf", "-x509", "-newkey", "ec", "-pkeyopt",
-        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &key, "-out", &crt, "-days",
-        "3650", "-subj", subject, "-CA", "ca.crt", "-CAkey", "ca.key", "-addext",
+        "req",
+        "-config",
+        "openssl.cnf",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &crt,
+        "-days",
+        "3650",
+        "-subj",
+        subject,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-addext",
         "basicConstraints=critical,CA:FALSE",
     ];
     for e in extensions {
@@ -154,14 +173,34 @@ fn make_pki(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // A config with nothing in it: every extension is given on the command
     // line, none comes from the system's defaults.
-    std::fs::write(dir.join("openssl.cnf"), "[req]\ndistinguished_name=dn\n[dn]\n")?;
+    std::fs::write(
+        dir.join("openssl.cnf"),
+        "[req]\ndistinguished_name=dn\n[dn]\n",
+    )?;
     openssl(
         dir,
         &[
-            "req", "-config", "openssl.cnf", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "3650", "-subj", "/CN=tabby-lab-ca", "-addext",
-            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-config",
+            "openssl.cnf",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=tabby-lab-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ],
     )?;
     let sans = format!(
@@ -191,7 +230,13 @@ fn make_pki(dir: &Path) -> anyhow::Result<()> {
     openssl(
         dir,
         &[
-            "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key",
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "sa.key",
         ],
     )?;
     openssl(dir, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])
@@ -267,7 +312,11 @@ pub fn kubectl(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if cond()? {
@@ -364,7 +413,10 @@ pub fn start(layout: &Layout, state: &mut LabState, timeout: Duration) -> anyhow
     super::write_state(layout, state)?;
     wait_apiserver(layout, &cp, timeout)?;
 
-    progress(layout, "control plane: kube-controller-manager, kube-scheduler");
+    progress(
+        layout,
+        "control plane: kube-controller-manager, kube-scheduler",
+    );
     let cm = spawn(
         layout,
         &bin_dir,
@@ -487,7 +539,11 @@ fn apiserver_args(layout: &Layout) -> Vec<String> {
     ]
 }
 
-fn wait_apiserver(layout: &Layout, cp: &ControlPlaneState, timeout: Duration) -> anyhow::Result<()> {
+fn wait_apiserver(
+    layout: &Layout,
+    cp: &ControlPlaneState,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     wait_for("kube-apiserver to be ready", timeout, || {
         check_alive(layout, cp)?;
         let out = kubectl_cmd(layout, cp)
@@ -559,7 +615,10 @@ pub fn register_node(
     kubectl(layout, cp, &["create", "-f", "-"], &obj.to_string())?;
     let mut cidrs = Vec::new();
     wait_for(
-        &format!("kube-controller-manager to give {} its pod CIDRs", node.name),
+        &format!(
+            "kube-controller-manager to give {} its pod CIDRs",
+            node.name
+        ),
         timeout,
         || {
             let out = kubectl(
@@ -648,7 +707,10 @@ pub fn restart_component(
         .position(|(n, _)| n == component)
         .ok_or_else(|| anyhow!("no component {component:?} (etcd, kube-apiserver, ...)"))?;
     let old = cp.pids[idx].1;
-    progress(layout, format!("control plane: restarting {component} (pid {old})"));
+    progress(
+        layout,
+        format!("control plane: restarting {component} (pid {old})"),
+    );
     sys::stop_process(old, Duration::from_secs(10));
     let args = match component {
         "kube-apiserver" => apiserver_args(layout),
@@ -687,7 +749,8 @@ fn joined(sources: &[super::Source]) -> anyhow::Result<String> {
     let mut items = Vec::new();
     for (name, text) in sources {
         for doc in serde_yaml::Deserializer::from_str(text) {
-            let v = serde_yaml::Value::deserialize(doc).with_context(|| format!("parsing {name}"))?;
+            let v =
+                serde_yaml::Value::deserialize(doc).with_context(|| format!("parsing {name}"))?;
             if v.is_null() {
                 continue;
             }
@@ -714,7 +777,12 @@ pub fn apply(
     let existing = kubectl(
         layout,
         cp,
-        &["get", "namespaces", "-o", "jsonpath={.items[*].metadata.name}"],
+        &[
+            "get",
+            "namespaces",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
         "",
     )?;
     let mut namespaces: BTreeSet<String> =
@@ -805,14 +873,22 @@ fn wait_pods_running(
         let mut failed = Vec::new();
         for p in list["items"].as_array().into_iter().flatten() {
             let key = (
-                p["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
-                p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                p["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             );
             if !pods.contains(&key) {
                 continue;
             }
             let phase = p["status"]["phase"].as_str().unwrap_or_default();
-            let has_ips = p["status"]["podIPs"].as_array().is_some_and(|a| !a.is_empty());
+            let has_ips = p["status"]["podIPs"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
             if phase == "Running" && has_ips {
                 running.insert(key);
             } else if phase == "Failed" {
@@ -837,14 +913,22 @@ fn wait_pods_running(
     waited.map_err(|e| {
         anyhow!(
             "{e}: not running: {}",
-            pending.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+            pending
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })
 }
 
 /// What the agents must have programmed: per kind (as the agents name it),
 /// how many objects and the highest resourceVersion among them.
-fn targets(layout: &Layout, cp: &ControlPlaneState) -> anyhow::Result<BTreeMap<String, (usize, u64)>> {
+fn targets(
+    layout: &Layout,
+    cp: &ControlPlaneState,
+) -> anyhow::Result<BTreeMap<String, (usize, u64)>> {
     let mut out: BTreeMap<String, (usize, u64)> = [
         "Pod",
         "Namespace",

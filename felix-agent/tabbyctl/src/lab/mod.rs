@@ -380,7 +380,8 @@ fn build(layout: &Layout, opts: &UpOptions, binaries: Binaries) -> anyhow::Resul
         kube::start(layout, &mut state, opts.timeout)?;
         for idx in 0..state.nodes.len() {
             let cp = state.control_plane.clone().context("the control plane")?;
-            state.nodes[idx].pod_cidrs = kube::register_node(layout, &cp, &state.nodes[idx], opts.timeout)?;
+            state.nodes[idx].pod_cidrs =
+                kube::register_node(layout, &cp, &state.nodes[idx], opts.timeout)?;
             progress(
                 layout,
                 format!(
@@ -488,7 +489,14 @@ fn spawn_runtime(layout: &Layout, state: &LabState, node: &NodeState) -> anyhow:
     let child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", node.netns))
         .arg(&state.binaries.tabbyctl)
-        .args(["lab", "runtime", "--name", layout.name(), "--node", &node.name])
+        .args([
+            "lab",
+            "runtime",
+            "--name",
+            layout.name(),
+            "--node",
+            &node.name,
+        ])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

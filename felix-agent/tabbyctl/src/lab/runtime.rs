@@ -138,7 +138,10 @@ impl Shared {
 
     /// Claims a pod for one task; false if a task has it.
     fn claim(&self, key: &(String, String)) -> bool {
-        self.busy.lock().map(|mut b| b.insert(key.clone())).unwrap_or(false)
+        self.busy
+            .lock()
+            .map(|mut b| b.insert(key.clone()))
+            .unwrap_or(false)
     }
 
     fn release(&self, key: &(String, String)) {
@@ -238,12 +241,11 @@ impl Shared {
         }
         tokio::spawn(async move {
             let me = self.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                super::delete_pod(&me.layout, &me.state, &rec)
-            })
-            .await
-            .map_err(|e| anyhow!("{e}"))
-            .and_then(|r| r);
+            let done =
+                tokio::task::spawn_blocking(move || super::delete_pod(&me.layout, &me.state, &rec))
+                    .await
+                    .map_err(|e| anyhow!("{e}"))
+                    .and_then(|r| r);
             let result = match (done, pod) {
                 (Ok(()), Some(pod)) => self.remove(&pod).await,
                 (Ok(()), None) => Ok(()),
@@ -290,9 +292,8 @@ impl Shared {
             .iter()
             .map(|ip| serde_json::json!({"ip": ip}))
             .collect();
-        let ready = |t: &str| {
-            serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now})
-        };
+        let ready =
+            |t: &str| serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now});
         let status = serde_json::json!({"status": {
             "phase": "Running",
             "hostIP": host,
@@ -312,7 +313,11 @@ impl Shared {
     }
 
     async fn patch_failed(&self, pod: &Pod, message: &str) -> anyhow::Result<()> {
-        eprintln!("pod {}/{}: {message}", ns_of(&pod.metadata), name_of(&pod.metadata));
+        eprintln!(
+            "pod {}/{}: {message}",
+            ns_of(&pod.metadata),
+            name_of(&pod.metadata)
+        );
         let status = serde_json::json!({"status": {
             "phase": "Failed",
             "reason": "NetworkSetupFailed",
