@@ -653,6 +653,62 @@ mod tests {
     }
 
     #[test]
+    fn a_field_a_newer_tabby_added_is_pruned_and_the_rest_is_read() {
+        let json = serde_json::json!({
+            "apiVersion": "tabby.dev/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "tor", "resourceVersion": "12"},
+            "spec": {"peerIP": "10.0.0.1", "asNumber": 65000, "futureKnob": "turbo"},
+        });
+        let t: Tolerant<BGPPeer> = serde_json::from_value(json).unwrap();
+        assert_eq!(t.object.as_ref().unwrap().spec.peer_ip, "10.0.0.1");
+        let Some(Object::BgpPeer(p)) = t.into_object() else {
+            panic!("expected a BGPPeer");
+        };
+        assert_eq!(p.metadata.name.as_deref(), Some("tor"));
+    }
+
+    #[test]
+    fn an_object_that_does_not_parse_is_skipped_but_counted() {
+        let json = serde_json::json!({
+            "apiVersion": "tabby.dev/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "bad", "resourceVersion": "15"},
+            "spec": {"peerIP": "10.0.0.1", "asNumber": "not a number"},
+        });
+        let t: Tolerant<BGPPeer> = serde_json::from_value(json).unwrap();
+        let mut r = Resync::new(Kind::BgpPeer);
+        assert_eq!(r.step(watcher::Event::Apply(t)), None);
+        assert_eq!(
+            r.progress(),
+            Event::Progress(Progress {
+                kind: Kind::BgpPeer,
+                resource_version: 15,
+                objects: 1
+            })
+        );
+    }
+
+    #[test]
+    fn progress_counts_the_objects_and_keeps_the_highest_version() {
+        let mut r = Resync::new(Kind::Pod);
+        r.step(watcher::Event::<Pod>::Init);
+        r.step(watcher::Event::InitApply(pod("a")));
+        r.step(watcher::Event::<Pod>::InitDone);
+        let mut b = pod("b");
+        b.metadata.resource_version = Some("9".into());
+        r.step(watcher::Event::Apply(b.clone()));
+        b.metadata.resource_version = Some("11".into());
+        r.step(watcher::Event::Delete(b));
+        assert_eq!(
+            r.progress(),
+            Event::Progress(Progress {
+                kind: Kind::Pod,
+                resource_version: 11,
+                objects: 1
+            })
+        );
+    }
+
+    #[test]
     fn only_410_means_gone() {
         let gone = Status::failure("too old resource version", "Expired").with_code(410);
         let other = Status::failure("boom", "InternalError").with_code(500);
