@@ -30,9 +30,24 @@ kc create -f - <<'EOF'
             "capacity": {"cpu": "4", "memory": "8Gi", "pods": "20000"},
             "conditions": [{"type": "Ready", "status": "True", "reason": "Bench"}]}}
 EOF
+# Keep "far" Ready as its kubelet would (heartbeat and Lease), or the node
+# lifecycle controller taints it unreachable and evicts the pods after 300 s.
+heartbeat() {
+  while true; do
+    local now micro
+    now=$(date -u +%Y-%m-%dT%H:%M:%SZ); micro=$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)
+    kc patch node far --subresource=status --type=strategic -p \
+      "{\"status\":{\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"Bench\",\"lastHeartbeatTime\":\"$now\",\"lastTransitionTime\":\"$now\"}]}}" >/dev/null 2>&1 || true
+    echo "{\"apiVersion\":\"coordination.k8s.io/v1\",\"kind\":\"Lease\",\"metadata\":{\"name\":\"far\",\"namespace\":\"kube-node-lease\"},\"spec\":{\"holderIdentity\":\"far\",\"leaseDurationSeconds\":40,\"renewTime\":\"$micro\"}}" \
+      | kc apply --server-side --force-conflicts -f - >/dev/null 2>&1 || true
+    sleep 10
+  done
+}
+heartbeat &
+beat=$!
 kc proxy --port 8001 >/dev/null 2>&1 &
 proxy=$!
-trap 'kill $proxy 2>/dev/null; cleanup' EXIT
+trap 'kill $proxy $beat 2>/dev/null; cleanup' EXIT
 sleep 1
 start=$(date +%s.%N)
 ip netns exec "$cp_ns" python3 - "$pods" "$policies" <<'EOF'
