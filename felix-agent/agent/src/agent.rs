@@ -23,7 +23,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::bgp::{BgpIntent, PeerIntent};
 use crate::bgp_policy::{self, PeerKind};
-use crate::datastore::{Event, Kind, Object, ObjectRef};
+use crate::datastore::{Event, Kind, Object, ObjectRef, Progress};
 use crate::metrics::Metrics;
 use crate::nft::{self, Compiled, EndpointState};
 use crate::peer_secrets::PeerSecrets;
@@ -86,6 +86,9 @@ pub struct Agent {
     /// The last datastore barrier delivered, and the last one programmed.
     barrier_seen: Option<u64>,
     barrier_done: Option<u64>,
+    /// The watches' positions delivered, and the ones programmed.
+    progress_seen: BTreeMap<Kind, Progress>,
+    progress_done: BTreeMap<Kind, Progress>,
     netlink: Option<Netlink>,
     metrics: Arc<Metrics>,
 }
@@ -184,6 +187,8 @@ impl Agent {
             routes_dirty: false,
             barrier_seen: None,
             barrier_done: None,
+            progress_seen: BTreeMap::new(),
+            progress_done: BTreeMap::new(),
             netlink: None,
             metrics,
         }
@@ -421,6 +426,9 @@ impl Agent {
                 self.forget(&r);
             }
             Event::Barrier(n) => self.barrier_seen = Some(n),
+            Event::Progress(p) => {
+                self.progress_seen.insert(p.kind, p);
+            }
         }
         self.update_metrics();
     }
@@ -430,6 +438,7 @@ impl Agent {
     fn barrier_reached(&mut self) {
         if self.ready() {
             self.barrier_done = self.barrier_seen;
+            self.progress_done.clone_from(&self.progress_seen);
         }
     }
 
@@ -443,6 +452,12 @@ impl Agent {
             "endpoints": self.endpoints.len(),
             "blocks": self.blocks.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "bgp": bgp,
+            "datastore": self.progress_done.values().map(|p| {
+                (format!("{:?}", p.kind), serde_json::json!({
+                    "resourceVersion": p.resource_version,
+                    "objects": p.objects,
+                }))
+            }).collect::<serde_json::Map<_, _>>(),
         })
     }
 

@@ -85,6 +85,7 @@
 //! change none of them (node heartbeats, pod conditions), which removes
 //! most node traffic. The cost: one more component and hop.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::Path;
@@ -95,17 +96,19 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, DefaultBackoff};
-use kube::{Client, Resource};
+use kube::{Client, CustomResourceExt, Resource};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tabby_crds::password::{BgpPassword, SecretPasswords};
 use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{DatastoreError, Event, Kind, Object, ObjectRef, check};
+use super::{DatastoreError, Event, Kind, Object, ObjectRef, Progress, check};
 use crate::metrics::Metrics;
 
 /// How often the Secrets that BGPPeers name are read again (a changed
@@ -201,9 +204,9 @@ impl KubeDatastore {
             watch_kind::<Namespace>(self.client.clone(), tx.clone(), m.clone()),
             watch_kind::<NetworkPolicy>(self.client.clone(), tx.clone(), m.clone()),
             watch_kind::<Node>(self.client.clone(), tx.clone(), m.clone()),
-            watch_kind::<BGPConfiguration>(self.client.clone(), tx.clone(), m.clone()),
-            watch_kind::<BGPPeer>(self.client.clone(), peer_tx, m.clone()),
-            watch_kind::<BGPFilter>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<Tolerant<BGPConfiguration>>(self.client.clone(), tx.clone(), m.clone()),
+            watch_kind::<Tolerant<BGPPeer>>(self.client.clone(), peer_tx, m.clone()),
+            watch_kind::<Tolerant<BGPFilter>>(self.client.clone(), tx.clone(), m.clone()),
             watch_kind::<Service>(self.client.clone(), tx.clone(), m.clone()),
             watch_kind::<EndpointSlice>(self.client.clone(), tx.clone(), m.clone()),
             follow_peer_secrets(peer_rx, tx.clone(), names_tx),
@@ -256,7 +259,7 @@ async fn follow_peer_secrets(
             Event::Delete(r) => {
                 by_peer.remove(&r.name);
             }
-            Event::Barrier(_) => {}
+            Event::Barrier(_) | Event::Progress(_) => {}
         }
         let wanted: BTreeSet<String> = by_peer.values().cloned().collect();
         names.send_if_modified(|n| {
@@ -342,8 +345,8 @@ trait Watched:
     /// The datastore's name for the kind.
     const KIND: Kind;
 
-    /// Wraps the object for the consumer.
-    fn into_object(self) -> Object;
+    /// Wraps the object for the consumer (None: it cannot be read; skipped).
+    fn into_object(self) -> Option<Object>;
 
     /// A tabby CRD, which may not be installed: a 404 means "none".
     const OPTIONAL: bool = false;
@@ -371,8 +374,8 @@ fn base_config() -> watcher::Config {
 impl Watched for Pod {
     const KIND: Kind = Kind::Pod;
 
-    fn into_object(self) -> Object {
-        Object::Pod(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        Some(Object::Pod(Box::new(self)))
     }
 
     fn config() -> watcher::Config {
@@ -383,68 +386,195 @@ impl Watched for Pod {
 impl Watched for Namespace {
     const KIND: Kind = Kind::Namespace;
 
-    fn into_object(self) -> Object {
-        Object::Namespace(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        Some(Object::Namespace(Box::new(self)))
     }
 }
 
 impl Watched for NetworkPolicy {
     const KIND: Kind = Kind::NetworkPolicy;
 
-    fn into_object(self) -> Object {
-        Object::NetworkPolicy(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        Some(Object::NetworkPolicy(Box::new(self)))
     }
 }
 
 impl Watched for Node {
     const KIND: Kind = Kind::Node;
 
-    fn into_object(self) -> Object {
-        Object::Node(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        Some(Object::Node(Box::new(self)))
     }
 }
 
-impl Watched for BGPConfiguration {
+impl Watched for Tolerant<BGPConfiguration> {
     const KIND: Kind = Kind::BgpConfiguration;
     const OPTIONAL: bool = true;
 
-    fn into_object(self) -> Object {
-        Object::BgpConfiguration(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        self.object
+            .map(|mut o| {
+                o.metadata = self.meta;
+                o
+            })
+            .map(|o| Object::BgpConfiguration(Box::new(o)))
     }
 }
 
-impl Watched for BGPPeer {
+impl Watched for Tolerant<BGPPeer> {
     const KIND: Kind = Kind::BgpPeer;
     const OPTIONAL: bool = true;
 
-    fn into_object(self) -> Object {
-        Object::BgpPeer(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        self.object
+            .map(|mut o| {
+                o.metadata = self.meta;
+                o
+            })
+            .map(|o| Object::BgpPeer(Box::new(o)))
     }
 }
 
 impl Watched for Service {
     const KIND: Kind = Kind::Service;
 
-    fn into_object(self) -> Object {
-        Object::Service(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        Some(Object::Service(Box::new(self)))
     }
 }
 
 impl Watched for EndpointSlice {
     const KIND: Kind = Kind::EndpointSlice;
 
-    fn into_object(self) -> Object {
-        Object::EndpointSlice(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        Some(Object::EndpointSlice(Box::new(self)))
     }
 }
 
-impl Watched for BGPFilter {
+impl Watched for Tolerant<BGPFilter> {
     const KIND: Kind = Kind::BgpFilter;
     const OPTIONAL: bool = true;
 
-    fn into_object(self) -> Object {
-        Object::BgpFilter(Box::new(self))
+    fn into_object(self) -> Option<Object> {
+        self.object
+            .map(|mut o| {
+                o.metadata = self.meta;
+                o
+            })
+            .map(|o| Object::BgpFilter(Box::new(o)))
     }
+}
+
+/// One of tabby's resources as a newer tabby may have written it. Fields
+/// this agent's schema does not declare are pruned before the object is
+/// parsed, as an API server prunes what a CRD does not declare: with a
+/// newer CRD installed, an object carrying a newer field is read for what
+/// this version knows, instead of failing to parse and with it the whole
+/// LIST of its kind (the spec types refuse unknown fields, which catches
+/// typos in manifests). An object that still does not parse is skipped,
+/// with a warning.
+#[derive(Clone, Debug)]
+struct Tolerant<K> {
+    meta: ObjectMeta,
+    object: Option<K>,
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Tolerant<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
+impl<'de, K: CustomResourceExt + DeserializeOwned> Deserialize<'de> for Tolerant<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut value = serde_json::Value::deserialize(d)?;
+        let meta: ObjectMeta =
+            serde_json::from_value(value["metadata"].clone()).map_err(serde::de::Error::custom)?;
+        if let Some(spec) = value.get_mut("spec") {
+            let crd = serde_json::to_value(K::crd()).unwrap_or_default();
+            let schema =
+                &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+            prune(spec, schema);
+        }
+        let object = match serde_json::from_value::<K>(value) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                warn!(name = ?meta.name, error = %e, "skipping an object that does not parse");
+                None
+            }
+        };
+        Ok(Tolerant { meta, object })
+    }
+}
+
+/// Removes from `value` every field `schema` (an OpenAPI v3 schema as
+/// JSON) does not declare, recursively.
+fn prune(value: &mut serde_json::Value, schema: &serde_json::Value) {
+    use serde_json::Value;
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                map.retain(|k, _| props.contains_key(k));
+                for (k, child) in map.iter_mut() {
+                    if let Some(s) = props.get(k) {
+                        prune(child, s);
+                    }
+                }
+            } else if let Some(inner) = schema.get("additionalProperties") {
+                for child in map.values_mut() {
+                    prune(child, inner);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(inner) = schema.get("items") {
+                for item in items {
+                    prune(item, inner);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An object's reference and resourceVersion, from its metadata.
+fn position_of<K: Watched>(o: &K) -> (ObjectRef, u64) {
+    let meta = o.meta();
+    (
+        ObjectRef {
+            kind: K::KIND,
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+        },
+        meta.resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// Turns one kind's watcher events into datastore events, holding a
@@ -454,6 +584,12 @@ struct Resync {
     kind: Kind,
     /// Objects of the LIST in progress; `None` outside a LIST.
     listing: Option<Vec<Object>>,
+    /// The objects delivered, and the highest resourceVersion among them
+    /// (see [`Event::Progress`]).
+    known: std::collections::BTreeSet<ObjectRef>,
+    resource_version: u64,
+    /// What the LIST in progress has delivered, readable or not.
+    listed: Vec<(ObjectRef, u64)>,
 }
 
 impl Resync {
@@ -461,7 +597,20 @@ impl Resync {
         Self {
             kind,
             listing: None,
+            known: std::collections::BTreeSet::new(),
+            resource_version: 0,
+            listed: Vec::new(),
         }
+    }
+
+    /// Where the watch is: the highest resourceVersion delivered and how
+    /// many objects the kind has.
+    fn progress(&self) -> Event {
+        Event::Progress(Progress {
+            kind: self.kind,
+            resource_version: self.resource_version,
+            objects: self.known.len(),
+        })
     }
 
     /// The datastore event for one watcher event, if any.
@@ -474,11 +623,16 @@ impl Resync {
                 // A LIST that failed half way starts over with a new Init:
                 // what it had delivered is dropped, never applied.
                 self.listing = Some(Vec::new());
+                self.listed.clear();
                 None
             }
             watcher::Event::InitApply(o) => {
+                let (r, rv) = position_of(&o);
                 match &mut self.listing {
-                    Some(listing) => listing.push(o.into_object()),
+                    Some(listing) => {
+                        self.listed.push((r, rv));
+                        listing.extend(o.into_object());
+                    }
                     // kube always sends Init first; a list not seen to
                     // start can never be delivered as complete.
                     None => warn!("listed object outside a list; ignored"),
@@ -486,14 +640,30 @@ impl Resync {
                 None
             }
             watcher::Event::InitDone => match self.listing.take() {
-                Some(objects) => Some(Event::Reset(self.kind, objects)),
+                Some(objects) => {
+                    let listed = std::mem::take(&mut self.listed);
+                    self.resource_version = listed.iter().map(|(_, rv)| *rv).max().unwrap_or(0);
+                    self.known = listed.into_iter().map(|(r, _)| r).collect();
+                    Some(Event::Reset(self.kind, objects))
+                }
                 None => {
                     warn!("list ended without having started; ignored");
                     None
                 }
             },
-            watcher::Event::Apply(o) => Some(Event::Apply(o.into_object())),
-            watcher::Event::Delete(o) => Some(Event::Delete(o.into_object().reference())),
+            watcher::Event::Apply(o) => {
+                let (r, rv) = position_of(&o);
+                self.known.insert(r);
+                self.resource_version = self.resource_version.max(rv);
+                o.into_object().map(Event::Apply)
+            }
+            watcher::Event::Delete(o) => {
+                // A deletion's resourceVersion is the revision that deleted it.
+                let (r, rv) = position_of(&o);
+                self.resource_version = self.resource_version.max(rv);
+                self.known.remove(&r);
+                Some(Event::Delete(r))
+            }
         }
     }
 }
@@ -584,7 +754,10 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>, metrics: A
             };
             let (relist, failure) = match next {
                 Some(Ok(event)) => {
-                    if let Some(event) = resync.step(event) {
+                    let before = (resync.resource_version, resync.known.len());
+                    let changed = resync.step(event);
+                    let moved = before != (resync.resource_version, resync.known.len());
+                    if let Some(event) = changed {
                         reported_missing = false;
                         for event in screen(event, &metrics) {
                             log_event(&event);
@@ -592,6 +765,11 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>, metrics: A
                                 return;
                             }
                         }
+                        if tx.send(resync.progress()).await.is_err() {
+                            return;
+                        }
+                    } else if moved && tx.send(resync.progress()).await.is_err() {
+                        return;
                     }
                     continue;
                 }
@@ -599,7 +777,10 @@ async fn watch_loop<K: Watched>(api: Api<K>, tx: mpsc::Sender<Event>, metrics: A
                     if !reported_missing {
                         info!("the resource is not installed; treating it as empty");
                         reported_missing = true;
-                        if tx.send(Event::Reset(K::KIND, Vec::new())).await.is_err() {
+                        resync.known.clear();
+                        if tx.send(Event::Reset(K::KIND, Vec::new())).await.is_err()
+                            || tx.send(resync.progress()).await.is_err()
+                        {
                             return;
                         }
                     }
@@ -633,6 +814,7 @@ fn log_event(event: &Event) {
         }
         Event::Delete(r) => debug!(namespace = ?r.namespace, name = %r.name, "deleted"),
         Event::Barrier(n) => debug!(n, "barrier"),
+        Event::Progress(_) => {}
     }
 }
 
@@ -710,6 +892,62 @@ mod tests {
                 namespace: Some("shop".into()),
                 name: "a".into(),
             }))
+        );
+    }
+
+    #[test]
+    fn a_field_a_newer_tabby_added_is_pruned_and_the_rest_is_read() {
+        let json = serde_json::json!({
+            "apiVersion": "tabby.dev/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "tor", "resourceVersion": "12"},
+            "spec": {"peerIP": "10.0.0.1", "asNumber": 65000, "futureKnob": "turbo"},
+        });
+        let t: Tolerant<BGPPeer> = serde_json::from_value(json).unwrap();
+        assert_eq!(t.object.as_ref().unwrap().spec.peer_ip, "10.0.0.1");
+        let Some(Object::BgpPeer(p)) = t.into_object() else {
+            panic!("expected a BGPPeer");
+        };
+        assert_eq!(p.metadata.name.as_deref(), Some("tor"));
+    }
+
+    #[test]
+    fn an_object_that_does_not_parse_is_skipped_but_counted() {
+        let json = serde_json::json!({
+            "apiVersion": "tabby.dev/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "bad", "resourceVersion": "15"},
+            "spec": {"peerIP": "10.0.0.1", "asNumber": "not a number"},
+        });
+        let t: Tolerant<BGPPeer> = serde_json::from_value(json).unwrap();
+        let mut r = Resync::new(Kind::BgpPeer);
+        assert_eq!(r.step(watcher::Event::Apply(t)), None);
+        assert_eq!(
+            r.progress(),
+            Event::Progress(Progress {
+                kind: Kind::BgpPeer,
+                resource_version: 15,
+                objects: 1
+            })
+        );
+    }
+
+    #[test]
+    fn progress_counts_the_objects_and_keeps_the_highest_version() {
+        let mut r = Resync::new(Kind::Pod);
+        r.step(watcher::Event::<Pod>::Init);
+        r.step(watcher::Event::InitApply(pod("a")));
+        r.step(watcher::Event::<Pod>::InitDone);
+        let mut b = pod("b");
+        b.metadata.resource_version = Some("9".into());
+        r.step(watcher::Event::Apply(b.clone()));
+        b.metadata.resource_version = Some("11".into());
+        r.step(watcher::Event::Delete(b));
+        assert_eq!(
+            r.progress(),
+            Event::Progress(Progress {
+                kind: Kind::Pod,
+                resource_version: 11,
+                objects: 1
+            })
         );
     }
 

@@ -183,6 +183,22 @@ pub enum Event {
     /// has programmed it, it reports `n` as done, so a tool that changed
     /// the datastore can wait for every node to have caught up.
     Barrier(u64),
+    /// How far one kind's watch has got (the kubernetes backend, after every
+    /// change of the kind): once the agent has programmed it, it reports it,
+    /// so a tool that changed the API can wait until every node has caught
+    /// up (the `--kubernetes` lab's equivalent of [`Event::Barrier`]).
+    Progress(Progress),
+}
+
+/// One kind's watch position (see [`Event::Progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The kind.
+    pub kind: Kind,
+    /// The highest `resourceVersion` delivered (etcd's revision; 0 if none).
+    pub resource_version: u64,
+    /// How many objects of the kind the datastore holds now.
+    pub objects: usize,
 }
 
 /// Errors of the datastore layer.

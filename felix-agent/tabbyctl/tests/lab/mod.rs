@@ -35,15 +35,44 @@ fn clean_stale_labs() {
     }
 }
 
+/// The lab's datastore: the two control planes every end-to-end test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The `dir:` datastore (`tabbyctl lab up`).
+    Dir,
+    /// A real control plane (`tabbyctl lab up --kubernetes`).
+    Kubernetes,
+}
+
+/// Instantiates each test `fn name(mode: Mode)` once per mode, as
+/// `dir::name` and `kubernetes::name`.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod dir {
+            $( #[test] fn $name() { super::$name($crate::lab::Mode::Dir) } )*
+        }
+        mod kubernetes {
+            $( #[test] fn $name() { super::$name($crate::lab::Mode::Kubernetes) } )*
+        }
+    };
+}
+
 /// A running lab.
 pub struct Lab {
     pub name: String,
+    pub mode: Mode,
     bin: PathBuf,
 }
 
 impl Lab {
-    /// Starts a lab of `nodes` nodes.
+    /// Starts a `dir:` lab of `nodes` nodes.
     pub fn up(nodes: usize) -> Lab {
+        Lab::up_in(Mode::Dir, nodes)
+    }
+
+    /// Starts a lab of `nodes` nodes on `mode`'s control plane.
+    pub fn up_in(mode: Mode, nodes: usize) -> Lab {
         require_root();
         for t in ["ip", "nft"] {
             require_tool(t);
@@ -56,10 +85,56 @@ impl Lab {
         );
         let lab = Lab {
             name,
+            mode,
             bin: workspace_bin("tabbyctl"),
         };
-        lab.ok(&["up", "--nodes", &nodes.to_string()]);
+        let n = nodes.to_string();
+        match mode {
+            Mode::Dir => lab.ok(&["up", "--nodes", &n]),
+            Mode::Kubernetes => {
+                let bins = repo_root().join("target/k8s/bin");
+                assert!(
+                    bins.join("kube-apiserver").is_file(),
+                    "no Kubernetes binaries in {}: run `bash tests/k8s/build.sh` (tests/setup.sh does)",
+                    bins.display()
+                );
+                lab.ok(&["up", "--kubernetes", "--nodes", &n, "--timeout", "300"])
+            }
+        };
         lab
+    }
+
+    /// `tabbyctl lab kubectl -- <args>` output (fails the test on error).
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["kubectl", "--name", &self.name, "--"];
+        all.extend_from_slice(args);
+        let out = Command::new(&self.bin)
+            .arg("lab")
+            .args(&all)
+            .output()
+            .expect("running tabbyctl");
+        assert!(
+            out.status.success(),
+            "tabbyctl lab kubectl {}:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pod CIDRs of `node` (IPv4 first) from `lab status`.
+    pub fn pod_cidrs(&self, node: &str) -> Vec<String> {
+        self.status()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap_or_else(|| panic!("no node {node}"))["podCIDRs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Runs `tabbyctl lab <args> --name <lab>`.
