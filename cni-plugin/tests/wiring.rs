@@ -669,13 +669,31 @@ fn an_unknown_source_guard_is_code_7_naming_the_key_and_touches_nothing() {
 }
 
 #[test]
-fn check_notices_a_clsact_guard_that_is_gone() {
+fn check_notices_a_clsact_guard_for_other_addresses_or_none() {
     let n = Node::new("gcls");
     let (pod, res) = n.add_pod("gc1");
     let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
     let mut conf = n.conf("1.1.0");
     conf["prevResult"] = res.clone();
     n.cni("CHECK", "gc1", Some(&pod.path()), &conf).expect_ok();
+    // tabby's filter replaced by a guard for another pod's address.
+    let index = host_index(&n, &host);
+    n.node
+        .run(|| {
+            tabby_sys::Netlink::open().unwrap().install_source_guard(
+                index,
+                &["10.244.1.61".parse().unwrap()],
+                tabby_sys::GuardHook::Clsact,
+            )
+        })
+        .unwrap();
+    let err = n
+        .cni("CHECK", "gc1", Some(&pod.path()), &conf)
+        .expect_err(102);
+    assert!(
+        err["msg"].as_str().unwrap().contains("not for the pod"),
+        "{err}"
+    );
     n.node.ok(&format!("tc qdisc del dev {host} clsact"));
     let err = n
         .cni("CHECK", "gc1", Some(&pod.path()), &conf)
