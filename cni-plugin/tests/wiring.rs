@@ -619,6 +619,12 @@ fn assert_spoofing_dropped(n: &Node, host: &str, pod: &Netns, own: &str, spoofed
         .ok(&format!("sysctl -qw net.ipv4.conf.{host}.rp_filter=1"));
 }
 
+/// CHECK answers 102 with a message containing `needle`.
+fn assert_check_fails(n: &Node, cid: &str, pod: &Netns, conf: &serde_json::Value, needle: &str) {
+    let err = n.cni("CHECK", cid, Some(&pod.path()), conf).expect_err(102);
+    assert!(err["msg"].as_str().unwrap().contains(needle), "{err}");
+}
+
 fn with_egress_shaping(mut conf: serde_json::Value) -> serde_json::Value {
     conf["capabilities"] = serde_json::json!({"bandwidth": true});
     conf["runtimeConfig"] = serde_json::json!({"bandwidth": {
@@ -669,21 +675,27 @@ fn an_unknown_source_guard_is_code_7_naming_the_key_and_touches_nothing() {
 }
 
 #[test]
-fn check_notices_a_clsact_guard_that_is_gone() {
+fn check_notices_a_clsact_guard_for_other_addresses_or_none() {
     let n = Node::new("gcls");
     let (pod, res) = n.add_pod("gc1");
     let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
     let mut conf = n.conf("1.1.0");
     conf["prevResult"] = res.clone();
     n.cni("CHECK", "gc1", Some(&pod.path()), &conf).expect_ok();
+    // tabby's filter replaced by a guard for another pod's address.
+    let index = host_index(&n, &host);
+    n.node
+        .run(|| {
+            tabby_sys::Netlink::open().unwrap().install_source_guard(
+                index,
+                &["10.244.1.61".parse().unwrap()],
+                tabby_sys::GuardHook::Clsact,
+            )
+        })
+        .unwrap();
+    assert_check_fails(&n, "gc1", &pod, &conf, "not for the pod");
     n.node.ok(&format!("tc qdisc del dev {host} clsact"));
-    let err = n
-        .cni("CHECK", "gc1", Some(&pod.path()), &conf)
-        .expect_err(102);
-    assert!(
-        err["msg"].as_str().unwrap().contains("source guard"),
-        "{err}"
-    );
+    assert_check_fails(&n, "gc1", &pod, &conf, "source guard");
     n.del_pod("gc1", &pod);
     n.assert_clean();
 }
@@ -714,13 +726,7 @@ fn the_tcx_source_guard_needs_no_qdisc_and_check_verifies_it() {
     n.node
         .run(|| attach_tcx(index, &["10.244.1.61".parse().unwrap()]))
         .unwrap();
-    let err = n
-        .cni("CHECK", "t1", Some(&pod.path()), &check)
-        .expect_err(102);
-    assert!(
-        err["msg"].as_str().unwrap().contains("source guard"),
-        "{err}"
-    );
+    assert_check_fails(&n, "t1", &pod, &check, "source guard");
     n.cni("DEL", "t1", Some(&pod.path()), &conf).expect_ok();
     n.assert_clean();
 }

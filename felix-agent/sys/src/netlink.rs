@@ -760,7 +760,7 @@ impl Netlink {
 
     /// Whether the source guard for `allowed` protects `index`: first at
     /// its TCX ingress (checked exactly, by the program's tag), or else on
-    /// the clsact fallback (checked by presence).
+    /// its clsact qdisc (checked exactly, by the program the kernel dumps).
     pub fn source_guard(
         &mut self,
         index: u32,
@@ -770,18 +770,29 @@ impl Netlink {
         match tcx_guard(index, allowed) {
             Ok(TcxGuard::Current) => return Ok(GuardState::Tcx),
             Ok(TcxGuard::Stale) => return Ok(GuardState::Stale),
-            // Nothing on TCX (or no TCX here): the fallback may be in use.
+            // Nothing on TCX (or no TCX here): clsact may be in use.
             Ok(TcxGuard::Absent) | Err(_) => {}
         }
-        Ok(if self.has_source_guard(index)? {
-            GuardState::Clsact
-        } else {
-            GuardState::Missing
+        let want = crate::source_guard::program(allowed)
+            .map(|p| crate::source_guard::encode(&p))
+            .map_err(|detail| NetlinkError::Decode {
+                op: format!("check source guard on link {index}"),
+                detail,
+            })?;
+        Ok(match self.clsact_guard_ops(index)? {
+            None => GuardState::Missing,
+            Some(ops) if ops == want => GuardState::Clsact,
+            Some(_) => GuardState::Stale,
         })
     }
 
-    /// True when the classic source guard is attached to `index`'s clsact.
-    pub fn has_source_guard(&mut self, index: u32) -> Result<bool, NetlinkError> {
+    /// The classic program of tabby's filter on `index`'s clsact ingress,
+    /// as the kernel dumps it (`TCA_BPF_OPS`), or `None` when there is no
+    /// such filter.
+    fn clsact_guard_ops(&mut self, index: u32) -> Result<Option<Vec<u8>>, NetlinkError> {
+        use netlink_packet_core::Nla;
+        use netlink_packet_route::tc::TcFilterBpfOption;
+        const TCA_BPF_OPS: u16 = 5;
         let mut req = TcMessage::default();
         req.header.index = i32::try_from(index).unwrap_or(0);
         req.header.parent = TcHandle {
@@ -792,11 +803,41 @@ impl Netlink {
             "dump tc filters",
             RouteNetlinkMessage::GetTrafficFilter(req),
         )?;
-        Ok(msgs.iter().any(|m| {
-            matches!(m, RouteNetlinkMessage::NewTrafficFilter(f)
-                if f.header.info >> 16 == u32::from(SOURCE_GUARD_PRIORITY)
-                    && f.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf")))
-        }))
+        for m in &msgs {
+            let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
+                continue;
+            };
+            if f.header.info >> 16 != u32::from(SOURCE_GUARD_PRIORITY)
+                || !f
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+            {
+                continue;
+            }
+            // The dump lists the priority's head (kind, no options) before
+            // the filter itself: only an entry with a program counts.
+            let mut ops = None;
+            for a in &f.attributes {
+                if let TcAttribute::Options(opts) = a {
+                    for o in opts {
+                        let nla: &dyn Nla = match o {
+                            TcOption::Bpf(TcFilterBpfOption::Other(n)) | TcOption::Other(n) => n,
+                            _ => continue,
+                        };
+                        if nla.kind() == TCA_BPF_OPS {
+                            let mut v = vec![0u8; nla.value_len()];
+                            nla.emit_value(&mut v);
+                            ops = Some(v);
+                        }
+                    }
+                }
+            }
+            if ops.is_some() {
+                return Ok(ops);
+            }
+        }
+        Ok(None)
     }
 }
 

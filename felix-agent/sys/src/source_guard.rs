@@ -165,8 +165,13 @@ impl Asm {
     }
 }
 
-/// The guard program for a pod owning `allowed`.
+/// The guard program for a pod owning `allowed`. The addresses are sorted
+/// first, so one set always gives the same program, which is what CHECK
+/// compares with the kernel's copy.
 pub fn program(allowed: &[IpAddr]) -> Result<Vec<SockFilter>, String> {
+    let mut allowed = allowed.to_vec();
+    allowed.sort();
+    allowed.dedup();
     let mut a = Asm::default();
     let (v4, v6, accept, drop) = (a.label(), a.label(), a.label(), a.label());
     a.op(LDH_ABS, SKF_AD_PROTOCOL);
@@ -176,7 +181,7 @@ pub fn program(allowed: &[IpAddr]) -> Result<Vec<SockFilter>, String> {
 
     a.bind(v4);
     a.op(LD_ABS, IPV4_SRC);
-    for ip in allowed {
+    for ip in &allowed {
         if let IpAddr::V4(v) = ip {
             a.jeq(u32::from(*v), Some(accept), None);
         }
@@ -188,7 +193,7 @@ pub fn program(allowed: &[IpAddr]) -> Result<Vec<SockFilter>, String> {
     a.op(AND_K, 0xffc0_0000);
     a.jeq(0xfe80_0000, Some(accept), None);
     let mut sources: Vec<[u32; 4]> = vec![[0; 4]];
-    for ip in allowed {
+    for ip in &allowed {
         if let IpAddr::V6(v) = ip {
             let o = v.octets();
             let w = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
