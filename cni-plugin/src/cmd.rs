@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use tabby_common::agent::{self, AgentError, AgentRequest, CniSettings};
 use tabby_common::endpoint::{EndpointRecord, EndpointStore};
 use tabby_common::ipam::AttachmentKey;
-use tabby_common::naming::{GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, format_mac, host_veth_name};
+use tabby_common::naming::{
+    GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, HostIface, format_mac, host_veth_name,
+};
 use tabby_sys::{NetNs, Netlink};
 use tracing::{info, warn};
 
@@ -132,10 +134,17 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         pod_namespace: env.pod_namespace.clone(),
         pod_name: env.pod_name.clone(),
         netns: netns_path.clone(),
-        host_iface: host_name.clone(),
+        // host_veth_name always makes a valid name; the check is the
+        // record's own contract.
+        host_iface: HostIface::parse(&host_name)
+            .map_err(|e| CniError::new(Code::Kernel, "bad host interface name", e.to_string()))?,
         host_ifindex: wired.host_index,
         mac: wired.pod_mac.clone(),
         ips: alloc.ips.clone(),
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok()),
     };
     if let Err(e) = EndpointStore::new(&conf.run_dir).write(&record) {
         unwind(conf, env, undo);
@@ -395,7 +404,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
             rec.container_id.clone(),
             rec.ifname.clone(),
         )) {
-            in_use.insert(rec.host_iface.clone());
+            in_use.insert(String::from(rec.host_iface.clone()));
             continue;
         }
         let netns = std::path::PathBuf::from(&rec.netns);
@@ -403,7 +412,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
             &mut host,
             Some(&netns),
             &rec.ifname,
-            Some((&rec.host_iface, rec.host_ifindex)),
+            Some((rec.host_iface.as_str(), rec.host_ifindex)),
         )
         .and_then(|()| {
             store

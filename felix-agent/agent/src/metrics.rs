@@ -74,6 +74,8 @@ pub struct Metrics {
     pub dataplane_errors: Counter,
     /// Full resyncs after the table was tampered with.
     pub resyncs: Counter,
+    /// Endpoint records refused, per reason.
+    endpoints_refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     status: Mutex<String>,
 }
 
@@ -115,6 +117,21 @@ impl Metrics {
     pub fn set_network_ready(&self, up: bool) {
         self.network_ready
             .send_if_modified(|v| std::mem::replace(v, up) != up);
+    }
+
+    /// Counts a refused endpoint record.
+    pub fn endpoint_refused(&self, reason: crate::admission::RefusalReason) {
+        if let Ok(mut m) = self.endpoints_refused.lock() {
+            *m.entry(reason.as_str()).or_default() += 1;
+        }
+    }
+
+    /// Refused endpoint records of one reason so far.
+    pub fn endpoints_refused(&self, reason: crate::admission::RefusalReason) -> u64 {
+        self.endpoints_refused
+            .lock()
+            .map(|m| m.get(reason.as_str()).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Follows [`Metrics::set_network_ready`].
@@ -165,6 +182,14 @@ impl Metrics {
             "# HELP tabby_resyncs_total Full resyncs after the table was changed by someone else.\n# TYPE tabby_resyncs_total counter\ntabby_resyncs_total {}\n",
             self.resyncs.get()
         ));
+        out.push_str("# HELP tabby_endpoints_refused_total Endpoint records refused (never programmed), per reason.\n# TYPE tabby_endpoints_refused_total counter\n");
+        for reason in crate::admission::RefusalReason::ALL {
+            out.push_str(&format!(
+                "tabby_endpoints_refused_total{{reason=\"{}\"}} {}\n",
+                reason.as_str(),
+                self.endpoints_refused(reason)
+            ));
+        }
         out.push_str("# HELP tabby_dropped_packets_total Packets dropped by policy, per endpoint and direction.\n# TYPE tabby_dropped_packets_total counter\n");
         for (chain, n) in drops {
             let (dir, iface) = match chain.split_once('_') {

@@ -6,5 +6,5 @@
 pub mod index;
 pub mod model;
 
-pub use index::{IndexStats, PolicyIndex};
+pub use index::{IndexStats, PolicyIndex, pod_key};
 pub use model::*;

@@ -1,4 +1,6 @@
-//! Atomic file replacement shared by the state store and the blocks file.
+//! Atomic file replacement: the one helper every writer in the workspace
+//! uses (IPAM state, blocks file, endpoint records, agent status, CNI
+//! settings, installed files).
 //!
 //! A reader must see either the old or the new content, whatever instant a
 //! writer is killed at: the content goes to a temporary file in the same
@@ -18,7 +20,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 const TMP_INFIX: &str = ".tmp.";
 
 /// Replaces `path` with `bytes`; the new file gets `mode` (less the umask).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         // Not create_new: a killed writer's temp may carry our pid and counter
@@ -50,7 +52,7 @@ fn temp_path(path: &Path) -> PathBuf {
 /// True when `candidate` is a temp file name that `write_atomic` makes for
 /// `file_name`. Strict (`<file_name>.tmp.<digits>.<digits>`), so that it can
 /// never match another network's state file, whose names may contain dots.
-pub(crate) fn is_temp_of(candidate: &str, file_name: &str) -> bool {
+pub fn is_temp_of(candidate: &str, file_name: &str) -> bool {
     let Some(rest) = candidate
         .strip_prefix(file_name)
         .and_then(|r| r.strip_prefix(TMP_INFIX))
