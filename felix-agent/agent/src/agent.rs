@@ -821,10 +821,13 @@ impl Agent {
                 let last = self.generation;
                 self.waiting.push((last, id));
             }
-            None if self.ready() => out.push(Output::Reply {
-                id,
-                response: AgentResponse::ok(),
-            }),
+            None if self.ready() => {
+                info!(request = id, "endpoint programmed");
+                out.push(Output::Reply {
+                    id,
+                    response: AgentResponse::ok(),
+                });
+            }
             None => out.push(Output::Reply {
                 id,
                 response: AgentResponse::refused(
@@ -1105,6 +1108,7 @@ impl Agent {
                         .partition(|(g, _)| *g <= generation);
                     self.waiting = later;
                     for (_, id) in done {
+                        info!(request = id, "endpoint programmed");
                         out.push(Output::Reply {
                             id,
                             response: AgentResponse::ok(),
