@@ -233,6 +233,90 @@ mod tests {
         assert!(!same_route(&other, &want));
     }
 
+    fn ep(ip: &str, iface: &str, ifindex: u32) -> EndpointRoute {
+        EndpointRoute {
+            ip: ip.parse().unwrap(),
+            iface: HostIface::parse(iface).unwrap(),
+            ifindex,
+        }
+    }
+
+    fn route(dst: &str, oif: u32, protocol: u8) -> RouteSpec {
+        RouteSpec {
+            dst: dst.parse().unwrap(),
+            gateway: None,
+            oif: Some(oif),
+            protocol,
+            scope: SCOPE_LINK,
+            kind: RTN_UNICAST,
+            table: TABLE_MAIN,
+        }
+    }
+
+    const W1: &str = "tab0123456789ab";
+    const W2: &str = "tabba9876543210";
+
+    fn links() -> Links {
+        Links::from([
+            ("lo".to_string(), 1),
+            ("eth0".to_string(), 2),
+            (W1.to_string(), 7),
+            (W2.to_string(), 8),
+        ])
+    }
+
+    #[test]
+    fn missing_endpoint_routes_and_blackholes_are_planned() {
+        let desired = DesiredRoutes {
+            endpoints: vec![ep("10.244.1.5", W1, 7)],
+            blocks: vec!["10.244.1.0/26".parse().unwrap()],
+        };
+        let p = plan(&[], &links(), &desired);
+        assert_eq!(
+            p.add,
+            vec![
+                route("10.244.1.5/32", 7, RTPROT_TABBY),
+                blackhole(&"10.244.1.0/26".parse().unwrap())
+            ]
+        );
+        assert!(p.delete.is_empty());
+        // Once in, nothing more to do.
+        assert_eq!(plan(&p.add, &links(), &desired), RoutePlan::default());
+    }
+
+    #[test]
+    fn an_endpoint_whose_interface_changed_index_gets_no_route() {
+        let desired = DesiredRoutes {
+            endpoints: vec![ep("10.244.1.5", W1, 99)],
+            blocks: vec![],
+        };
+        assert_eq!(plan(&[], &links(), &desired), RoutePlan::default());
+    }
+
+    #[test]
+    fn only_tabby_routes_are_ever_removed() {
+        let kernel = vec![
+            // Someone else's routes, whatever device.
+            route("10.0.0.0/8", 2, 4),
+            route("10.244.1.9/32", 1, 3),
+            // tabby's, through lo (never a workload) and a stale blackhole.
+            route("10.244.1.6/32", 1, RTPROT_TABBY),
+            blackhole(&"10.244.2.0/26".parse().unwrap()),
+            // tabby's through a workload the agent does not know yet: kept,
+            // the plugin adds it before the record exists.
+            route("10.244.1.7/32", 8, RTPROT_TABBY),
+        ];
+        let p = plan(&kernel, &links(), &DesiredRoutes::default());
+        assert!(p.add.is_empty());
+        assert_eq!(
+            p.delete,
+            vec![
+                route("10.244.1.6/32", 1, RTPROT_TABBY),
+                blackhole(&"10.244.2.0/26".parse().unwrap())
+            ]
+        );
+    }
+
     #[test]
     fn an_endpoint_route_on_another_device_is_not_the_same() {
         let route = |oif| RouteSpec {
