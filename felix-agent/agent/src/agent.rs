@@ -439,8 +439,7 @@ impl Agent {
         if self.retry {
             self.program(out);
         }
-        if self.ticks.is_multiple_of(4) && self.programmed.is_some() && self.in_flight.is_empty()
-        {
+        if self.ticks.is_multiple_of(4) && self.programmed.is_some() && self.in_flight.is_empty() {
             out.push(Output::CheckDataplane);
         }
         if self.routes_dirty || self.ticks % 20 == 1 {
@@ -771,7 +770,8 @@ impl Agent {
     fn handle_request(&mut self, id: RequestId, req: CniRequest, out: &mut Vec<Output>) {
         match req {
             CniRequest::Add { endpoint, links } => {
-                let span = info_span!("endpoint", pod = %pod_key(&endpoint), iface = %endpoint.host_iface);
+                let span =
+                    info_span!("endpoint", pod = %pod_key(&endpoint), iface = %endpoint.host_iface);
                 let _e = span.enter();
                 let file_name = record_file_name(&endpoint.container_id, &endpoint.ifname);
                 self.links = links;
@@ -898,7 +898,9 @@ impl Agent {
 
     fn members(&self, r: &SetRef) -> SetMembers {
         match r {
-            SetRef::Addrs(n) => SetMembers::Addrs(self.index.ip_set(n).cloned().unwrap_or_default()),
+            SetRef::Addrs(n) => {
+                SetMembers::Addrs(self.index.ip_set(n).cloned().unwrap_or_default())
+            }
             SetRef::Ports(n) => {
                 SetMembers::Ports(self.index.port_set(n).cloned().unwrap_or_default())
             }
@@ -953,7 +955,12 @@ impl Agent {
     ) -> DataplaneChange {
         let desired: Vec<(HostIface, Option<(PodKey, EndpointPolicy)>)> = ifaces
             .iter()
-            .map(|i| (i.clone(), self.endpoints.get(i).map(|r| self.endpoint_state(r))))
+            .map(|i| {
+                (
+                    i.clone(),
+                    self.endpoints.get(i).map(|r| self.endpoint_state(r)),
+                )
+            })
             .collect();
         let mut change = DataplaneChange::default();
         let Some(p) = self.programmed.as_mut() else {
@@ -967,7 +974,10 @@ impl Agent {
                 continue;
             }
             let old_refs = have.map(|(_, pol)| set_refs(pol)).unwrap_or_default();
-            let new_refs = want.as_ref().map(|(_, pol)| set_refs(pol)).unwrap_or_default();
+            let new_refs = want
+                .as_ref()
+                .map(|(_, pol)| set_refs(pol))
+                .unwrap_or_default();
             for r in old_refs {
                 if let Some(n) = p.refs.get_mut(&r) {
                     *n -= 1;
@@ -1211,7 +1221,6 @@ impl Agent {
             },
         ))
     }
-
 }
 
 #[cfg(test)]

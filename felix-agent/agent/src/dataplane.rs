@@ -306,7 +306,9 @@ impl Dataplane for FakeDataplane {
             self.refusals += 1;
             return Err(DataplaneError::Refused("refused by the test".into()));
         }
-        self.state.apply(change).inspect_err(|_| self.refusals += 1)?;
+        self.state
+            .apply(change)
+            .inspect_err(|_| self.refusals += 1)?;
         self.applied.push(change.clone());
         Ok(Applied {
             bytes: 0,

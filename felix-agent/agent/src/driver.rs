@@ -299,7 +299,11 @@ pub async fn run(
             if let Some(b) = bgp.as_ref()
                 && b.asn() != intent.asn
             {
-                info!(from = b.asn(), to = intent.asn, "the AS changed; restarting BGP");
+                info!(
+                    from = b.asn(),
+                    to = intent.asn,
+                    "the AS changed; restarting BGP"
+                );
                 b.stop_hard().await;
                 bgp = None;
             }

@@ -506,7 +506,9 @@ fn member_elements(members: &SetMembers, v4: bool) -> BTreeSet<String> {
 pub fn compile_change(change: &DataplaneChange) -> Compiled {
     let mut d = Desired::default();
     for e in &change.endpoints {
-        if let EndpointChange::Add { iface, pod, policy } | EndpointChange::Update { iface, pod, policy } = e {
+        if let EndpointChange::Add { iface, pod, policy }
+        | EndpointChange::Update { iface, pod, policy } = e
+        {
             d.endpoints.insert(
                 iface.to_string(),
                 EndpointState {
@@ -546,7 +548,8 @@ pub fn change_script(change: &DataplaneChange) -> String {
         match set {
             SetChange::Create { name, members } => {
                 let ports = matches!(members, SetMembers::Ports(_));
-                for (v4, (nft_name, ty)) in [true, false].into_iter().zip(family_sets(name, ports)) {
+                for (v4, (nft_name, ty)) in [true, false].into_iter().zip(family_sets(name, ports))
+                {
                     let _ = writeln!(s, "add set inet {t} {nft_name} {{ type {}; }}", ty.nft());
                     let elements = member_elements(members, v4);
                     if !elements.is_empty() {
@@ -594,8 +597,14 @@ pub fn change_script(change: &DataplaneChange) -> String {
             EndpointChange::Remove { .. } => continue,
         };
         for (name, rules) in [
-            (in_chain(iface.as_str()), endpoint_chain(policy.ingress.as_ref(), "saddr", &mut unused)),
-            (out_chain(iface.as_str()), endpoint_chain(policy.egress.as_ref(), "daddr", &mut unused)),
+            (
+                in_chain(iface.as_str()),
+                endpoint_chain(policy.ingress.as_ref(), "saddr", &mut unused),
+            ),
+            (
+                out_chain(iface.as_str()),
+                endpoint_chain(policy.egress.as_ref(), "daddr", &mut unused),
+            ),
         ] {
             if new {
                 let _ = writeln!(s, "add chain inet {t} {name}");
@@ -610,7 +619,10 @@ pub fn change_script(change: &DataplaneChange) -> String {
     for e in &change.endpoints {
         if let EndpointChange::Add { iface: w, .. } = e {
             let _ = writeln!(s, "add element inet {t} workloads {{ \"{w}\" }}");
-            let _ = writeln!(s, "add element inet {t} ep_from {{ \"{w}\" : goto out_{w} }}");
+            let _ = writeln!(
+                s,
+                "add element inet {t} ep_from {{ \"{w}\" : goto out_{w} }}"
+            );
             let _ = writeln!(s, "add element inet {t} ep_to {{ \"{w}\" : goto in_{w} }}");
         }
     }

@@ -134,10 +134,7 @@ impl Node {
     fn put(&mut self, files: Vec<RecordFile>, links: &[(&HostIface, u32)]) {
         self.fx.host.snapshot = EndpointSnapshot {
             records: files,
-            links: links
-                .iter()
-                .map(|(i, n)| (i.to_string(), *n))
-                .collect(),
+            links: links.iter().map(|(i, n)| (i.to_string(), *n)).collect(),
         };
     }
 
@@ -240,7 +237,10 @@ fn before_the_first_full_sync_nothing_is_programmed() {
         Vec::new(),
     )]));
     assert_eq!(n.changes().len(), 1);
-    assert!(n.last_change().full, "the first programming replaces the whole table");
+    assert!(
+        n.last_change().full,
+        "the first programming replaces the whole table"
+    );
     assert!(n.agent.ready());
 }
 
@@ -267,10 +267,17 @@ fn a_pod_start_touches_only_its_own_chains() {
     let answer = n.cni_add(&new);
     assert!(answer.ok, "{answer:?}");
     let changes = &n.changes()[before..];
-    assert!(changes.iter().all(|c| !c.full), "no full replace: {changes:?}");
+    assert!(
+        changes.iter().all(|c| !c.full),
+        "no full replace: {changes:?}"
+    );
     for c in changes {
         for e in &c.endpoints {
-            assert_eq!(e.iface(), &new.host_iface, "only the new pod's chains: {c:?}");
+            assert_eq!(
+                e.iface(),
+                &new.host_iface,
+                "only the new pod's chains: {c:?}"
+            );
             assert!(matches!(e, EndpointChange::Add { .. }));
         }
         for s in &c.sets {
@@ -283,7 +290,10 @@ fn a_pod_start_touches_only_its_own_chains() {
     assert!(web_policy.ingress.is_some());
     assert!(state.endpoints.contains_key(&client.host_iface));
     assert!(
-        state.sets.values().any(|m| format!("{m:?}").contains("10.0.0.3")),
+        state
+            .sets
+            .values()
+            .any(|m| format!("{m:?}").contains("10.0.0.3")),
         "{state:?}"
     );
 }
@@ -416,7 +426,10 @@ fn a_forged_record_cannot_stop_programming_for_the_other_pods() {
         .enumerate()
     {
         forged["hostIface"] = (*name).into();
-        files.push(raw_file(&format!("c-evil{i}_eth0.json"), &forged.to_string()));
+        files.push(raw_file(
+            &format!("c-evil{i}_eth0.json"),
+            &forged.to_string(),
+        ));
     }
     files.push(raw_file("c-corrupt_eth0.json", "{not json"));
     n.put(files, &[(&web.host_iface, 11)]);
@@ -437,11 +450,17 @@ fn a_forged_record_cannot_stop_programming_for_the_other_pods() {
             .values()
             .all(|r| r.reason == RefusalReason::Unparseable)
     );
-    assert_eq!(n.fx.metrics.endpoints_refused(RefusalReason::Unparseable), 5);
+    assert_eq!(
+        n.fx.metrics.endpoints_refused(RefusalReason::Unparseable),
+        5
+    );
     assert!(s.status.is_some());
     // Read again: still refused, but reported once.
     n.scan();
-    assert_eq!(n.fx.metrics.endpoints_refused(RefusalReason::Unparseable), 5);
+    assert_eq!(
+        n.fx.metrics.endpoints_refused(RefusalReason::Unparseable),
+        5
+    );
     let text = n.fx.metrics.render(&[]);
     assert!(text.contains("tabby_endpoints_refused_total{reason=\"unparseable\"} 5\n"));
 }
@@ -454,7 +473,10 @@ fn lo_never_gets_a_route() {
     forged["hostIface"] = "lo".into();
     n.fx.routes.links = Links::from([("lo".to_string(), 1), (web.host_iface.to_string(), 11)]);
     n.put(
-        vec![raw_file("c-evil_eth0.json", &forged.to_string()), file(&web, 5)],
+        vec![
+            raw_file("c-evil_eth0.json", &forged.to_string()),
+            file(&web, 5),
+        ],
         &[(&web.host_iface, 11)],
     );
     n.fx.host.snapshot.links.insert("lo".into(), 1);
@@ -462,13 +484,12 @@ fn lo_never_gets_a_route() {
     n.sync(NS);
     n.tick();
     assert!(!n.fx.routes.calls.is_empty());
-    let routes: Vec<(String, Option<u32>)> = n
-        .fx
-        .routes
-        .kernel
-        .iter()
-        .map(|r| (r.dst.to_string(), r.oif))
-        .collect();
+    let routes: Vec<(String, Option<u32>)> =
+        n.fx.routes
+            .kernel
+            .iter()
+            .map(|r| (r.dst.to_string(), r.oif))
+            .collect();
     assert_eq!(routes, vec![("10.0.0.1/32".to_string(), Some(11))]);
 }
 
@@ -485,7 +506,14 @@ fn a_second_record_for_a_pods_veth_is_refused_whatever_the_directory_order() {
         (squatter.host_iface.to_string(), 12),
     ]);
     let files = [file(&web, 10), file(&thief, 20), file(&squatter, 30)];
-    let orders = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0], [2, 0, 1], [0, 2, 1]];
+    let orders = [
+        [0, 1, 2],
+        [2, 1, 0],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [0, 2, 1],
+    ];
     let outcomes: Vec<_> = orders
         .iter()
         .map(|o| admission::admit(o.iter().map(|i| &files[*i]), &links))
@@ -528,9 +556,15 @@ fn a_record_must_match_its_file_name_and_a_live_interface() {
     };
     let links = Links::from([(web.host_iface.to_string(), 11)]);
     let r = admission::admit([&misnamed], &links);
-    assert_eq!(r.refused["c-other_eth0.json"].reason, RefusalReason::FileName);
+    assert_eq!(
+        r.refused["c-other_eth0.json"].reason,
+        RefusalReason::FileName
+    );
     let r = admission::admit([&file(&web, 1)], &Links::new());
-    assert_eq!(r.refused["c-web_eth0.json"].reason, RefusalReason::NoInterface);
+    assert_eq!(
+        r.refused["c-web_eth0.json"].reason,
+        RefusalReason::NoInterface
+    );
     let renumbered = Links::from([(web.host_iface.to_string(), 99)]);
     let r = admission::admit([&file(&web, 1)], &renumbered);
     assert_eq!(
@@ -554,8 +588,17 @@ fn a_cni_add_for_a_veth_that_is_not_there_is_refused() {
     });
     let (_, answer) = &s.replies[0];
     assert!(!answer.ok);
-    assert!(answer.error.as_deref().unwrap().contains("no_interface"), "{answer:?}");
-    assert!(!n.fx.dataplane.state.endpoints.contains_key(&ghost.host_iface));
+    assert!(
+        answer.error.as_deref().unwrap().contains("no_interface"),
+        "{answer:?}"
+    );
+    assert!(
+        !n.fx
+            .dataplane
+            .state
+            .endpoints
+            .contains_key(&ghost.host_iface)
+    );
 }
 
 #[test]
@@ -570,9 +613,7 @@ fn a_barrier_is_reported_once_it_is_programmed() {
 #[test]
 fn the_nodes_blocks_are_written_and_blackholed() {
     let (mut n, _, _) = two_pods();
-    n.apply(
-        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nspec: {podCIDRs: [10.0.0.0/26]}\n",
-    );
+    n.apply("apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nspec: {podCIDRs: [10.0.0.0/26]}\n");
     assert_eq!(
         n.fx.host.blocks,
         vec![vec!["10.0.0.0/26".parse::<ipnet::IpNet>().unwrap()]]

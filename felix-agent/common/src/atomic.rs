@@ -21,6 +21,18 @@ const TMP_INFIX: &str = ".tmp.";
 
 /// Replaces `path` with `bytes`; the new file gets `mode` (less the umask).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write(path, bytes, mode, false)
+}
+
+/// Like [`write_atomic`], and durable: the content is on disk before the
+/// rename, the rename on disk before returning, and the mode is exactly
+/// `mode` (for files that must survive a power loss whole, such as an
+/// installed plugin binary that kubelet would exec).
+pub fn write_atomic_durable(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write(path, bytes, mode, true)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         // Not create_new: a killed writer's temp may carry our pid and counter
@@ -32,12 +44,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         file.write_all(bytes)?;
+        if durable {
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            file.sync_all()?;
+        }
         drop(file);
+        // Replacing a running binary by rename is fine (its inode lives on
+        // until the last exec ends); writing into it would fail (ETXTBSY).
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
         // Best effort: a leftover temp is harmless and cleaned up later.
         let _ = fs::remove_file(&tmp);
+    } else if durable
+        && let Some(dir) = path.parent()
+        && let Ok(d) = fs::File::open(dir)
+    {
+        // The rename itself durable; failing here changes nothing visible.
+        let _ = d.sync_all();
     }
     result
 }

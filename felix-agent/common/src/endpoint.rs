@@ -2,12 +2,12 @@
 //! under `<runDir>/endpoints/` for the agent to read. `runDir` is a tmpfs
 //! (`/run/tabby`), so records vanish at reboot together with the pods.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::{is_temp_of, write_atomic};
 use crate::naming::HostIface;
 
 /// One pod interface wired by tabby.
@@ -113,26 +113,16 @@ impl EndpointStore {
 
     /// Writes a record atomically (temporary file, then rename).
     pub fn write(&self, rec: &EndpointRecord) -> Result<(), EndpointError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| EndpointError::Io { path, source }
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| EndpointError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
         let path = self.path_of(&rec.container_id, &rec.ifname);
-        let tmp = self.dir.join(format!(
-            ".{}_{}.tmp.{}",
-            rec.container_id,
-            rec.ifname,
-            std::process::id()
-        ));
         let body = serde_json::to_vec_pretty(rec).map_err(|e| EndpointError::Corrupt {
             path: path.clone(),
             source: e,
         })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&body).map_err(io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        write_atomic(&path, &body, 0o644).map_err(|source| EndpointError::Io { path, source })
     }
 
     /// Reads one record; `None` when there is none.
@@ -150,10 +140,10 @@ impl EndpointStore {
     /// this attachment.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), EndpointError> {
         let path = self.path_of(container_id, ifname);
-        let tmp_prefix = format!(".{container_id}_{ifname}.tmp.");
+        let file_name = record_file_name(container_id, ifname);
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+                if is_temp_of(&entry.file_name().to_string_lossy(), &file_name) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
@@ -293,10 +283,10 @@ mod tests {
         assert_eq!(store.read("a", "eth0").unwrap(), Some(rec("a")));
         assert_eq!(store.list().unwrap().len(), 2);
         // A writer killed between creating its temporary file and the rename.
-        std::fs::write(store.dir().join(".a_eth0.tmp.4242"), b"{partial").unwrap();
+        std::fs::write(store.dir().join("a_eth0.json.tmp.4242.0"), b"{partial").unwrap();
         store.remove("a", "eth0").unwrap();
         store.remove("a", "eth0").unwrap();
-        assert!(!store.dir().join(".a_eth0.tmp.4242").exists());
+        assert!(!store.dir().join("a_eth0.json.tmp.4242.0").exists());
         assert_eq!(store.read("a", "eth0").unwrap(), None);
         assert_eq!(store.list().unwrap().len(), 1);
     }

@@ -6,8 +6,7 @@
 use super::{key, mk_ns, mk_pod, mk_policy};
 use crate::PolicyIndex;
 
-const INGRESS_FROM_CLIENTS: &str =
-    "podSelector: {matchLabels: {app: web}}\ningress:\n- from: [{podSelector: {matchLabels: {app: client}}}]\n";
+const INGRESS_FROM_CLIENTS: &str = "podSelector: {matchLabels: {app: web}}\ningress:\n- from: [{podSelector: {matchLabels: {app: client}}}]\n";
 
 fn world() -> PolicyIndex {
     let mut ix = PolicyIndex::new();
