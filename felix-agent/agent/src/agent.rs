@@ -67,7 +67,7 @@ pub enum CniRequest {
     /// Program this endpoint; `links` are the node's links when it came.
     Add {
         /// The record the plugin sent.
-        endpoint: EndpointRecord,
+        endpoint: Box<EndpointRecord>,
         /// The node's links (name -> ifindex), read when the request came.
         links: Links,
     },
@@ -86,7 +86,10 @@ impl CniRequest {
     /// The core's form of a socket request (`links` only matter for ADD).
     pub fn from_socket(req: AgentRequest, links: Links) -> Self {
         match req {
-            AgentRequest::Add { endpoint } => CniRequest::Add { endpoint, links },
+            AgentRequest::Add { endpoint } => CniRequest::Add {
+                endpoint: Box::new(endpoint),
+                links,
+            },
             AgentRequest::Del {
                 container_id,
                 ifname,
@@ -780,7 +783,7 @@ impl Agent {
                     RecordFile {
                         file_name: file_name.clone(),
                         modified_ms: None,
-                        record: Ok(endpoint),
+                        record: Ok(*endpoint),
                     },
                 );
                 self.readmit(out);

@@ -153,7 +153,7 @@ impl Node {
         self.fx.host.snapshot.records.push(file(rec, 100));
         let links = self.fx.host.snapshot.links.clone();
         self.request(CniRequest::Add {
-            endpoint: rec.clone(),
+            endpoint: Box::new(rec.clone()),
             links,
         })
     }
@@ -582,7 +582,7 @@ fn a_cni_add_for_a_veth_that_is_not_there_is_refused() {
     let s = n.settle(Input::Cni {
         id: n.next_id,
         request: CniRequest::Add {
-            endpoint: ghost.clone(),
+            endpoint: Box::new(ghost.clone()),
             links: Links::new(),
         },
     });
