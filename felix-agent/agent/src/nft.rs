@@ -28,10 +28,12 @@
 //! ```
 //!
 //! Policy changes that only move pods in or out of a selector change set
-//! elements, not rules. The agent keeps the compiled form of what it last
-//! programmed and sends only the difference; it never needs to parse the
-//! ruleset back (verdict maps do not round-trip through `nft -j`), except to
-//! notice that someone flushed the table, which triggers a full resync.
+//! elements, not rules. The agent's core keeps the model of what it
+//! programmed and sends a [`DataplaneChange`] naming only what changed;
+//! [`change_script`] turns it into one transaction (or the whole table for
+//! a full change). The ruleset is never parsed back (verdict maps do not
+//! round-trip through `nft -j`), except to notice that someone flushed the
+//! table, which triggers a full resync.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
