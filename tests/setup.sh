@@ -8,6 +8,7 @@ packages=(
   containernetworking-plugins
   bird2 frr gobgpd
   build-essential pkg-config
+  openssl util-linux
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -38,3 +39,11 @@ done
 # The CNI plugin ships statically linked against musl (cni-plugin/bench.sh).
 rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl
+
+# `tabbyctl lab up --kubernetes` runs the upstream control plane, built from
+# the Go modules pinned in tests/k8s/go.mod (skipped when up to date).
+if ! command -v go >/dev/null 2>&1; then
+  echo "tests/setup.sh: no Go toolchain (go) on PATH: needed for tests/k8s/build.sh" >&2
+  exit 1
+fi
+bash "$(dirname "${BASH_SOURCE[0]}")/k8s/build.sh"

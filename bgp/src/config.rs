@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::packet::Family;
+use crate::policy::{PeerPolicy, PrefixCommunities};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,9 @@ pub struct Config {
     /// Prefixes this speaker originates.
     #[serde(default)]
     pub announce: Vec<IpNet>,
+    /// Communities attached to the prefixes we originate, by CIDR.
+    #[serde(default)]
+    pub communities: Vec<PrefixCommunities>,
     /// Graceful restart (RFC 4724).
     #[serde(default)]
     pub graceful_restart: GracefulRestart,
@@ -130,6 +134,10 @@ pub struct Fib {
     /// Routing table.
     #[serde(default = "default_table")]
     pub table: u32,
+    /// Metric of our routes; a route of another owner with the same prefix
+    /// and metric is never replaced.
+    #[serde(default = "default_metric")]
+    pub metric: u32,
 }
 
 impl Default for Fib {
@@ -138,6 +146,7 @@ impl Default for Fib {
             enabled: true,
             protocol: default_protocol(),
             table: default_table(),
+            metric: default_metric(),
         }
     }
 }
@@ -183,6 +192,14 @@ pub struct PeerConfig {
     /// other peers (a node towards an upstream router).
     #[serde(default)]
     pub export_local_only: bool,
+    /// BFD with this peer (RFC 5880/5881); `None`: no BFD. With BFD the
+    /// session comes up only while BFD is Up and goes down when BFD does.
+    #[serde(default)]
+    pub bfd: Option<crate::bfd::BfdConfig>,
+    /// Import and export policy (library only; the binary accepts all).
+    /// Changing it does not restart the session.
+    #[serde(skip)]
+    pub policy: PeerPolicy,
 }
 
 impl PeerConfig {
@@ -201,7 +218,19 @@ impl PeerConfig {
             families: default_families(),
             link_local_next_hop: false,
             export_local_only: false,
+            bfd: None,
+            policy: PeerPolicy::default(),
         }
+    }
+
+    /// Whether `other` describes the same session (everything but the
+    /// policy, which can change under a running session).
+    pub fn same_session(&self, other: &PeerConfig) -> bool {
+        let strip = |c: &PeerConfig| PeerConfig {
+            policy: PeerPolicy::default(),
+            ..c.clone()
+        };
+        strip(self) == strip(other)
     }
 }
 
@@ -220,6 +249,7 @@ impl Config {
             multipath: true,
             next_hop_v6: None,
             announce: Vec::new(),
+            communities: Vec::new(),
             graceful_restart: GracefulRestart::default(),
             fib: Fib::default(),
             control_socket: None,
@@ -269,6 +299,10 @@ impl Config {
                     p.address
                 )));
             }
+            if let Some(b) = &p.bfd {
+                b.session_config()
+                    .map_err(|e| ConfigError::Invalid(format!("peer {}: {e}", p.address)))?;
+            }
             if p.password.as_ref().is_some_and(|k| k.len() > 80) {
                 return Err(ConfigError::Invalid(format!(
                     "peer {}: password longer than 80 bytes",
@@ -306,6 +340,9 @@ fn default_protocol() -> u8 {
 }
 fn default_table() -> u32 {
     254
+}
+fn default_metric() -> u32 {
+    crate::fib::DEFAULT_METRIC
 }
 fn default_port() -> u16 {
     179
@@ -353,6 +390,27 @@ mod tests {
         assert_eq!(cfg.peers[1].families, vec![Family::Ipv4Unicast]);
         assert!(cfg.peers[1].rr_client);
         assert_eq!(cfg.announce.len(), 2);
+    }
+
+    #[test]
+    fn a_peer_bfd_table_fills_defaults_and_checks_its_values() {
+        let path = std::path::Path::new("t.toml");
+        let base =
+            "router_id = \"10.0.0.1\"\nasn = 1\n[[peers]]\naddress = \"10.0.0.2\"\nasn = 2\n";
+        let cfg =
+            Config::from_toml(&format!("{base}[peers.bfd]\nmin_rx_ms = 200\n"), path).unwrap();
+        assert_eq!(
+            cfg.peers[0].bfd,
+            Some(crate::bfd::BfdConfig {
+                min_tx_ms: 300,
+                min_rx_ms: 200,
+                multiplier: 3
+            })
+        );
+        assert_eq!(Config::from_toml(base, path).unwrap().peers[0].bfd, None);
+        let err =
+            Config::from_toml(&format!("{base}[peers.bfd]\nmultiplier = 0\n"), path).unwrap_err();
+        assert!(err.to_string().contains("bfd.multiplier"), "{err}");
     }
 
     #[test]

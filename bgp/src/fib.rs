@@ -1,16 +1,25 @@
 //! Kernel route installer: turns [`BestChange`]s into netlink route
 //! messages, sent in batches, and owns exactly the routes that carry its
-//! `rtm_protocol` number.
+//! `rtm_protocol` number and its metric (`RTA_PRIORITY`).
 //!
-//! - Changes are `RTM_NEWROUTE` with `NLM_F_REPLACE`, never delete+add, so
-//!   a next hop change does not make the prefix flap.
+//! - Routes go in with a metric of our own ([`DEFAULT_METRIC`], as BIRD's
+//!   `krt_metric`): the kernel keys a route by prefix, TOS and metric, so a
+//!   learned `0.0.0.0/0` sits beside the node's own default route (metric
+//!   0, which wins) instead of over it.
+//! - A prefix we have not installed is added with `NLM_F_EXCL`, never
+//!   `NLM_F_REPLACE`: if somebody else's route holds the same prefix and
+//!   metric, the kernel refuses ours (reported as failed) and theirs stays.
+//!   Only a prefix we installed ourselves (or found as our leftover) is
+//!   changed with `NLM_F_REPLACE`, never delete+add, so a next hop change
+//!   does not make the prefix flap.
 //! - Equal best next hops become one multipath (ECMP) route.
-//! - At start, routes of our protocol already in the table are leftovers of
-//!   a previous run: they stay (graceful restart) until
+//! - At start, routes of our protocol and metric already in the table are
+//!   leftovers of a previous run: they stay (graceful restart) until
 //!   [`FibInstaller::sweep_leftovers`], and those re-learned meanwhile are
 //!   simply replaced.
-//! - Deletes carry our protocol number, so the kernel never removes a route
-//!   of anybody else (e.g. tabby's local pod routes, protocol 150).
+//! - Deletes carry our protocol number and metric, so the kernel never
+//!   removes a route of anybody else (e.g. tabby's local pod routes,
+//!   protocol 150, or the node's default route).
 //!
 //! Message building is pure ([`route_message`]); execution is separate.
 //! The netlink socket belongs to the netns it was opened in.
@@ -19,8 +28,9 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::route::{
@@ -64,6 +74,13 @@ pub struct ApplyReport {
     pub failed: Vec<(IpNet, std::io::Error)>,
 }
 
+/// The metric (`RTA_PRIORITY`) of our routes unless configured otherwise:
+/// above what hosts give their own routes (0 for static IPv4 routes,
+/// 100-600 from DHCP clients, 1024 for IPv6 defaults from router
+/// advertisements), so a route of the node's own always wins over a learned
+/// one for the same prefix.
+pub const DEFAULT_METRIC: u32 = 1151;
+
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 
@@ -76,8 +93,13 @@ pub struct FibInstaller {
     sock: Socket,
     protocol: u8,
     table: u32,
+    metric: u32,
     seq: u32,
     leftovers: HashSet<IpNet>,
+    /// Prefixes whose route of ours is in the kernel (per family: 5 and 17
+    /// bytes a key keep 100k routes under a megabyte).
+    installed_v4: HashSet<Ipv4Net>,
+    installed_v6: HashSet<Ipv6Net>,
     rbuf: Vec<u8>,
 }
 
@@ -86,12 +108,15 @@ fn nl_err(what: &'static str) -> impl FnOnce(std::io::Error) -> FibError {
 }
 
 /// The netlink route message for `prefix` via `next_hops` (one gateway, or
-/// a multipath route for several). `next_hops` empty builds the delete key.
+/// a multipath route for several) with our `protocol` and `metric`.
+/// `next_hops` empty builds the delete key (which matches only a route of
+/// that protocol and metric).
 pub fn route_message(
     prefix: IpNet,
     next_hops: &[IpAddr],
     protocol: u8,
     table: u32,
+    metric: u32,
 ) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = match prefix {
@@ -108,6 +133,7 @@ pub fn route_message(
             prefix.network(),
         )));
     m.attributes.push(RouteAttribute::Table(table));
+    m.attributes.push(RouteAttribute::Priority(metric));
     // A gateway of the other family would need RTA_VIA (RFC 8950); such next
     // hops are left out.
     let same: Vec<IpAddr> = next_hops
@@ -148,6 +174,16 @@ fn prefix_of(m: &RouteMessage) -> Option<IpNet> {
     IpNet::new(addr, m.header.destination_prefix_length).ok()
 }
 
+fn metric_of(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Priority(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 fn table_of(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
@@ -160,8 +196,15 @@ fn table_of(m: &RouteMessage) -> u32 {
 
 impl FibInstaller {
     /// Opens a netlink socket in the current network namespace and records
-    /// the routes of `protocol` already in `table` as leftovers.
+    /// the routes of `protocol` already in `table` as leftovers; routes go
+    /// in with [`DEFAULT_METRIC`].
     pub fn new(protocol: u8, table: u32) -> Result<Self, FibError> {
+        Self::with_metric(protocol, table, DEFAULT_METRIC)
+    }
+
+    /// [`FibInstaller::new`] with routes of metric `metric` (a metric
+    /// other than 0 keeps deletes from matching routes of any metric).
+    pub fn with_metric(protocol: u8, table: u32, metric: u32) -> Result<Self, FibError> {
         if protocol <= 4 {
             return Err(FibError::ReservedProtocol(protocol));
         }
@@ -175,8 +218,11 @@ impl FibInstaller {
             sock,
             protocol,
             table,
+            metric,
             seq: 1,
             leftovers: HashSet::new(),
+            installed_v4: HashSet::new(),
+            installed_v6: HashSet::new(),
             rbuf: vec![0; 256 * 1024],
         };
         me.leftovers = me.ours()?.into_iter().collect();
@@ -188,7 +234,29 @@ impl FibInstaller {
         self.leftovers.len()
     }
 
-    /// Prefixes of our protocol currently in the table.
+    /// The metric of our routes.
+    pub fn metric(&self) -> u32 {
+        self.metric
+    }
+
+    fn owns(&self, prefix: &IpNet) -> bool {
+        self.leftovers.contains(prefix)
+            || match prefix {
+                IpNet::V4(p) => self.installed_v4.contains(p),
+                IpNet::V6(p) => self.installed_v6.contains(p),
+            }
+    }
+
+    fn set_installed(&mut self, prefix: IpNet, yes: bool) {
+        match (prefix, yes) {
+            (IpNet::V4(p), true) => self.installed_v4.insert(p),
+            (IpNet::V4(p), false) => self.installed_v4.remove(&p),
+            (IpNet::V6(p), true) => self.installed_v6.insert(p),
+            (IpNet::V6(p), false) => self.installed_v6.remove(&p),
+        };
+    }
+
+    /// Prefixes of our protocol and metric currently in the table.
     pub fn ours(&mut self) -> Result<Vec<IpNet>, FibError> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -213,7 +281,8 @@ impl FibInstaller {
                         }
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r))
                             if u8::from(r.header.protocol) == self.protocol
-                                && table_of(&r) == self.table =>
+                                && table_of(&r) == self.table
+                                && metric_of(&r) == self.metric =>
                         {
                             if let Some(p) = prefix_of(&r) {
                                 out.push(p);
@@ -274,7 +343,9 @@ impl FibInstaller {
         Ok(())
     }
 
-    /// Applies best-route changes: replace for next hops, delete for none.
+    /// Applies best-route changes: add (or replace ours) for next hops,
+    /// delete ours for none. A prefix held by somebody else's route of the
+    /// same metric is refused by the kernel and reported in `failed`.
     pub fn apply(&mut self, changes: &[BestChange]) -> Result<ApplyReport, FibError> {
         let mut report = ApplyReport::default();
         for chunk in changes.chunks(BATCH) {
@@ -282,7 +353,13 @@ impl FibInstaller {
             let first = self.seq.wrapping_add(1);
             for (i, c) in chunk.iter().enumerate() {
                 let seq = self.next_seq();
-                let m = route_message(c.prefix, &c.next_hops, self.protocol, self.table);
+                let m = route_message(
+                    c.prefix,
+                    &c.next_hops,
+                    self.protocol,
+                    self.table,
+                    self.metric,
+                );
                 // Only the last message asks for an ACK: the kernel handles a
                 // socket's messages in order and reports every failure, so
                 // that ACK means the whole batch is done, without 512 replies
@@ -296,9 +373,16 @@ impl FibInstaller {
                         &mut buf,
                     );
                 } else {
+                    // Replace only what is ours: over anybody else's route
+                    // NLM_F_REPLACE would take its place.
+                    let how = if self.owns(&c.prefix) {
+                        NLM_F_REPLACE
+                    } else {
+                        NLM_F_EXCL
+                    };
                     Self::encode(
                         RouteNetlinkMessage::NewRoute(m),
-                        NLM_F_REQUEST | ack | NLM_F_CREATE | NLM_F_REPLACE,
+                        NLM_F_REQUEST | ack | NLM_F_CREATE | how,
                         seq,
                         &mut buf,
                     );
@@ -327,15 +411,30 @@ impl FibInstaller {
                 }
             }
             for (c, err) in chunk.iter().zip(failed) {
+                let was_ours = self.owns(&c.prefix);
                 self.leftovers.remove(&c.prefix);
                 match (c.next_hops.is_empty(), err) {
-                    (false, None) => report.installed += 1,
-                    (true, None) => report.removed += 1,
-                    // "Already gone" is what a delete wants.
-                    (true, Some(e)) if matches!(e.raw_os_error(), Some(ENOENT | ESRCH)) => {
+                    (false, None) => {
+                        self.set_installed(c.prefix, true);
+                        report.installed += 1;
+                    }
+                    (true, None) => {
+                        self.set_installed(c.prefix, false);
                         report.removed += 1;
                     }
-                    (_, Some(e)) => report.failed.push((c.prefix, e)),
+                    // "Already gone" is what a delete wants.
+                    (true, Some(e)) if matches!(e.raw_os_error(), Some(ENOENT | ESRCH)) => {
+                        self.set_installed(c.prefix, false);
+                        report.removed += 1;
+                    }
+                    (false, Some(e)) => {
+                        // A failed replace leaves our old route in place.
+                        if was_ours && !matches!(e.raw_os_error(), Some(ENOENT | ESRCH)) {
+                            self.set_installed(c.prefix, true);
+                        }
+                        report.failed.push((c.prefix, e));
+                    }
+                    (true, Some(e)) => report.failed.push((c.prefix, e)),
                 }
             }
         }
@@ -356,7 +455,8 @@ impl FibInstaller {
         self.apply(&gone)
     }
 
-    /// Deletes every route of our protocol in the table (clean shutdown).
+    /// Deletes every route of our protocol and metric in the table (clean
+    /// shutdown).
     pub fn remove_all(&mut self) -> Result<ApplyReport, FibError> {
         let all: Vec<BestChange> = self
             .ours()?
@@ -385,8 +485,10 @@ mod tests {
             &["192.0.2.2".parse().unwrap()],
             151,
             254,
+            1151,
         );
         assert_eq!(u8::from(m.header.protocol), 151);
+        assert_eq!(metric_of(&m), 1151);
         assert_eq!(m.header.table, 254);
         assert_eq!(m.header.destination_prefix_length, 26);
         assert!(
@@ -405,6 +507,7 @@ mod tests {
             &["fd00::2".parse().unwrap(), "fd00::3".parse().unwrap()],
             151,
             254,
+            1151,
         );
         let Some(RouteAttribute::MultiPath(hops)) = m
             .attributes
@@ -418,9 +521,21 @@ mod tests {
 
     #[test]
     fn a_table_above_255_goes_in_the_attribute_only() {
-        let m = route_message(net("10.2.0.0/26"), &[], 151, 1000);
+        let m = route_message(net("10.2.0.0/26"), &[], 151, 1000, 1151);
         assert_eq!(m.header.table, 0);
         assert_eq!(table_of(&m), 1000);
+    }
+
+    #[test]
+    fn the_delete_key_carries_our_protocol_and_metric() {
+        let m = route_message(net("0.0.0.0/0"), &[], 151, 254, 1151);
+        assert_eq!(u8::from(m.header.protocol), 151);
+        assert_eq!(metric_of(&m), 1151);
+        assert!(
+            !m.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_)))
+        );
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub enum Event {
     UpdateMsg(ConnId, Update),
     /// A ROUTE-REFRESH message (RFC 2918).
     RouteRefreshMsg(ConnId, RouteRefresh),
+    /// The peer's BFD session went down (RFC 5882 §4.3): down at once, as
+    /// on a Hold Timer expiry, and no automatic restart; ManualStart
+    /// follows when BFD is Up again.
+    BfdDown,
 }
 
 impl Event {
@@ -336,6 +340,16 @@ impl Fsm {
                     out,
                     Some(Notification::new(code::CEASE, cease::ADMIN_SHUTDOWN)),
                     "administratively stopped",
+                    false,
+                );
+            }
+            (_, Event::BfdDown) => {
+                self.stopped = true;
+                out.push(Action::StopTimer(Timer::IdleHold));
+                self.go_idle(
+                    out,
+                    Some(Notification::new(code::CEASE, cease::BFD_DOWN)),
+                    "BFD session down",
                     false,
                 );
             }

@@ -97,19 +97,24 @@ fn table(st: &Status) -> String {
         if st.synced { "synced" } else { "converging" }
     );
     out.push_str(&format!(
-        "{:<40} {:>10} {:<12} {:>8} {:>9} {:>9} {:>10}  {}\n",
-        "PEER", "AS", "STATE", "UPTIME", "RECEIVED", "ACCEPTED", "ADVERTISED", "LAST ERROR"
+        "{:<40} {:>10} {:<12} {:<9} {:>8} {:>9} {:>9} {:>10}  {}\n",
+        "PEER", "AS", "STATE", "BFD", "UPTIME", "RECEIVED", "ACCEPTED", "ADVERTISED", "LAST ERROR"
     ));
     for p in &st.peers {
         let up = p
             .uptime_secs
             .map(|s| format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60))
             .unwrap_or_else(|| "-".into());
+        let bfd = p
+            .bfd
+            .map(|b| b.state.to_string())
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<40} {:>10} {:<12} {:>8} {:>9} {:>9} {:>10}  {}\n",
+            "{:<40} {:>10} {:<12} {:<9} {:>8} {:>9} {:>9} {:>10}  {}\n",
             p.address,
             p.asn,
             p.state.to_string(),
+            bfd,
             up,
             p.received,
             p.accepted,
@@ -126,7 +131,7 @@ fn run(path: PathBuf, no_fib: bool, control_socket: Option<PathBuf>) -> anyhow::
         cfg.control_socket = control_socket;
     }
     let fib = if cfg.fib.enabled && !no_fib {
-        let f = FibInstaller::new(cfg.fib.protocol, cfg.fib.table)
+        let f = FibInstaller::with_metric(cfg.fib.protocol, cfg.fib.table, cfg.fib.metric)
             .context("opening the kernel route installer")?;
         if f.leftovers() > 0 && cfg.graceful_restart.enabled {
             info!(

@@ -17,6 +17,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::packet::attribute::{FLAG_PARTIAL, FLAG_TRANSITIVE};
 use crate::packet::update::{encode_announce, encode_withdraw};
 use crate::packet::{Ctx, Family, Message, PathAttrs, Update};
+use crate::policy::{PeerPolicy, PrefixCommunities, RejectReason, communities_for};
 
 /// Index of a peer in the RIB; [`LOCAL`] is this speaker.
 pub type PeerIdx = u16;
@@ -173,12 +174,26 @@ pub struct BestChange {
 /// Per-peer prefix counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PeerCounts {
-    /// Prefixes received (accepted + rejected by loop checks).
+    /// Prefixes received (accepted + rejected by loop checks or policy).
     pub received: u64,
+    /// Prefixes the import policy refuses now.
+    pub filtered: u64,
     /// Prefixes in Adj-RIB-In.
     pub accepted: u64,
     /// Prefixes in Adj-RIB-Out.
     pub advertised: u64,
+}
+
+/// A prefix the import policy just refused (reported once per refusal:
+/// the same prefix sent again with the same verdict is not reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The peer that sent it.
+    pub peer: PeerIdx,
+    /// The prefix.
+    pub prefix: IpNet,
+    /// Why.
+    pub reason: RejectReason,
 }
 
 /// The routing information base.
@@ -192,6 +207,14 @@ pub struct Rib {
     adj_out: HashMap<PeerIdx, HashMap<IpNet, Arc<RouteAttrs>>>,
     accepted: HashMap<PeerIdx, u64>,
     rejected: HashMap<PeerIdx, HashSet<IpNet>>,
+    /// Per-peer policies (absent: [`PeerPolicy::default`], accept all).
+    policies: HashMap<PeerIdx, PeerPolicy>,
+    /// Routes the import policy refused, kept so that a policy change can
+    /// let them in without asking the peer again.
+    filtered: HashMap<PeerIdx, HashMap<IpNet, (Arc<RouteAttrs>, RejectReason)>>,
+    refusals: Vec<Refusal>,
+    /// Communities for our own prefixes.
+    local_communities: Vec<PrefixCommunities>,
     dirty: Vec<IpNet>,
     changes: Vec<BestChange>,
 }
@@ -226,6 +249,10 @@ impl Rib {
             adj_out: HashMap::new(),
             accepted: HashMap::new(),
             rejected: HashMap::new(),
+            policies: HashMap::new(),
+            filtered: HashMap::new(),
+            refusals: Vec::new(),
+            local_communities: Vec::new(),
             dirty: Vec::new(),
             changes: Vec::new(),
         }
@@ -250,8 +277,10 @@ impl Rib {
     pub fn counts(&self, peer: PeerIdx) -> PeerCounts {
         let accepted = self.accepted.get(&peer).copied().unwrap_or(0);
         let rejected = self.rejected.get(&peer).map_or(0, |r| r.len() as u64);
+        let filtered = self.filtered.get(&peer).map_or(0, |r| r.len() as u64);
         PeerCounts {
-            received: accepted + rejected,
+            received: accepted + rejected + filtered,
+            filtered,
             accepted,
             advertised: self.adj_out.get(&peer).map_or(0, |m| m.len() as u64),
         }
@@ -297,6 +326,7 @@ impl Rib {
     pub fn peer_down(&mut self, peer: PeerIdx, graceful: bool) {
         self.adj_out.remove(&peer);
         self.rejected.remove(&peer);
+        self.filtered.remove(&peer);
         if graceful {
             for paths in self.v4.values_mut().chain(self.v6.values_mut()) {
                 for p in paths.iter_mut().filter(|p| p.peer == peer) {
@@ -328,6 +358,100 @@ impl Rib {
         self.peer_down(peer, false);
         self.peers.remove(&peer);
         self.accepted.remove(&peer);
+        self.policies.remove(&peer);
+    }
+
+    /// Sets a peer's policies (before or after its session is up). Routes
+    /// it sent are checked again: newly refused ones leave the Loc-RIB,
+    /// newly accepted ones (kept since their refusal) enter it; an export
+    /// change re-evaluates what every peer is sent.
+    pub fn set_policy(&mut self, peer: PeerIdx, policy: PeerPolicy) {
+        let old = self.policies.get(&peer).cloned().unwrap_or_default();
+        if old == policy {
+            return;
+        }
+        let export_changed = old.export != policy.export || old.readvertise != policy.readvertise;
+        let import_changed = old.import != policy.import;
+        self.policies.insert(peer, policy);
+        if import_changed && let Some(info) = self.peers.get(&peer).cloned() {
+            self.reimport(peer, &info);
+        }
+        if export_changed {
+            self.dirty.extend(self.v4.keys().map(|p| IpNet::V4(*p)));
+            self.dirty.extend(self.v6.keys().map(|p| IpNet::V6(*p)));
+        }
+    }
+
+    fn policy(&self, peer: PeerIdx) -> Option<&PeerPolicy> {
+        self.policies.get(&peer)
+    }
+
+    /// Checks the routes of `peer` against its (new) import policy.
+    fn reimport(&mut self, peer: PeerIdx, info: &PeerInfo) {
+        let Some(import) = self.policy(peer).map(|p| p.import.clone()) else {
+            return;
+        };
+        let origin = |ra: &RouteAttrs| ra.attrs.originator_id.map_or(info.address, IpAddr::V4);
+        let held: Vec<(IpNet, Arc<RouteAttrs>)> = self
+            .v4
+            .iter()
+            .map(|(p, ps)| (IpNet::V4(*p), ps))
+            .chain(self.v6.iter().map(|(p, ps)| (IpNet::V6(*p), ps)))
+            .filter_map(|(prefix, ps)| {
+                ps.iter()
+                    .find(|p| p.peer == peer)
+                    .map(|p| (prefix, p.attrs.clone()))
+            })
+            .collect();
+        for (prefix, ra) in held {
+            if let Err(reason) = import.check(&prefix, origin(&ra)) {
+                self.refuse(peer, prefix, ra, reason);
+            }
+        }
+        let kept: Vec<(IpNet, Arc<RouteAttrs>, RejectReason)> = self
+            .filtered
+            .get(&peer)
+            .map(|f| f.iter().map(|(p, (a, r))| (*p, a.clone(), *r)).collect())
+            .unwrap_or_default();
+        for (prefix, ra, was) in kept {
+            match import.check(&prefix, origin(&ra)) {
+                Ok(()) => {
+                    if let Some(f) = self.filtered.get_mut(&peer) {
+                        f.remove(&prefix);
+                    }
+                    self.insert_path(peer, prefix, ra);
+                }
+                Err(reason) if reason != was => self.refuse(peer, prefix, ra, reason),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Takes `prefix` of `peer` out of the Loc-RIB into the refused routes,
+    /// reporting the refusal unless it is already refused for that reason.
+    fn refuse(&mut self, peer: PeerIdx, prefix: IpNet, ra: Arc<RouteAttrs>, reason: RejectReason) {
+        let again = self
+            .filtered
+            .get(&peer)
+            .and_then(|f| f.get(&prefix))
+            .is_some_and(|(_, r)| *r == reason);
+        self.withdraw_path(peer, prefix);
+        self.filtered
+            .entry(peer)
+            .or_default()
+            .insert(prefix, (ra, reason));
+        if !again {
+            self.refusals.push(Refusal {
+                peer,
+                prefix,
+                reason,
+            });
+        }
+    }
+
+    /// Refusals since the last call.
+    pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.refusals)
     }
 
     /// Removes the stale routes of `peer` for `family` (End-of-RIB received),
@@ -412,6 +536,8 @@ impl Rib {
             }
             return;
         };
+        let import = self.policy(peer).map(|p| p.import.clone());
+        let origin = attrs.originator_id.map_or(info.address, IpAddr::V4);
         let mut last: Option<Arc<RouteAttrs>> = None;
         for (prefix, nh) in announced {
             let ra = match &last {
@@ -427,6 +553,13 @@ impl Rib {
             };
             if let Some(r) = self.rejected.get_mut(&peer) {
                 r.remove(&prefix);
+            }
+            if let Some(Err(reason)) = import.as_ref().map(|i| i.check(&prefix, origin)) {
+                self.refuse(peer, prefix, ra, reason);
+                continue;
+            }
+            if let Some(f) = self.filtered.get_mut(&peer) {
+                f.remove(&prefix);
             }
             self.insert_path(peer, prefix, ra);
         }
@@ -459,6 +592,9 @@ impl Rib {
         if let Some(r) = self.rejected.get_mut(&peer) {
             r.remove(&prefix);
         }
+        if let Some(f) = self.filtered.get_mut(&peer) {
+            f.remove(&prefix);
+        }
         self.modify(prefix, |paths, counts| {
             let before = paths.len();
             paths.retain(|p| p.peer != peer);
@@ -490,11 +626,41 @@ impl Rib {
             IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
+        let prefix = prefix.trunc();
+        let (communities, large_communities) = communities_for(&self.local_communities, &prefix);
         let ra = self.intern(RouteAttrs {
             next_hop: unspecified,
-            attrs: PathAttrs::default(),
+            attrs: PathAttrs {
+                communities,
+                large_communities,
+                ..PathAttrs::default()
+            },
         });
-        self.insert_path(LOCAL, prefix.trunc(), ra);
+        self.insert_path(LOCAL, prefix, ra);
+    }
+
+    /// Sets the communities of our own prefixes; those already originated
+    /// are announced again with theirs.
+    pub fn set_local_communities(&mut self, table: Vec<PrefixCommunities>) {
+        if table == self.local_communities {
+            return;
+        }
+        self.local_communities = table;
+        let ours: Vec<IpNet> = self
+            .v4
+            .iter()
+            .filter(|(_, ps)| ps.iter().any(|p| p.peer == LOCAL))
+            .map(|(p, _)| IpNet::V4(*p))
+            .chain(
+                self.v6
+                    .iter()
+                    .filter(|(_, ps)| ps.iter().any(|p| p.peer == LOCAL))
+                    .map(|(p, _)| IpNet::V6(*p)),
+            )
+            .collect();
+        for p in ours {
+            self.announce_local(p);
+        }
     }
 
     /// Stops originating `prefix`.
@@ -708,6 +874,12 @@ impl Rib {
         let src = self.peers.get(&best.peer)?;
         let local = best.peer == LOCAL;
         if info.export_local_only && !local {
+            return None;
+        }
+        if !local && self.policy(best.peer).is_some_and(|p| !p.readvertise) {
+            return None;
+        }
+        if self.policy(peer).is_some_and(|p| !p.export.allows(prefix)) {
             return None;
         }
         let to_ebgp = info.asn != self.cfg.local_as;

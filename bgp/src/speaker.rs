@@ -13,7 +13,7 @@
 //! locked; readers decode messages in parallel and writers drain per
 //! connection queues.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -28,10 +28,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::bfd::{self, BfdHandle, Notice};
 use crate::config::{Config, PeerConfig};
 use crate::fsm::{Action, ConnId, Event, Fsm, FsmConfig, Negotiated, State, Timer};
 use crate::packet::{self, Ctx, DecodeError, Family, Message};
+use crate::policy::{PrefixCommunities, RejectReason};
 use crate::rib::{BestChange, PeerIdx, PeerInfo, Rib, RibConfig};
+
+mod bfd_glue;
 
 /// Errors starting or talking to the speaker.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +88,39 @@ pub struct PeerStatus {
     pub accepted: u64,
     /// Prefixes advertised.
     pub advertised: u64,
+    /// Prefixes of this peer the import policy refuses now.
+    #[serde(default, rename = "prefixesRejected")]
+    pub prefixes_rejected: u64,
+    /// The last prefix the import policy refused, and why.
+    #[serde(default, rename = "lastRejected")]
+    pub last_rejected: Option<Rejected>,
+    /// Refusals since the peer was configured, by reason (a prefix refused,
+    /// withdrawn and sent again counts twice).
+    #[serde(default, rename = "rejectedTotal")]
+    pub rejected_total: BTreeMap<RejectReason, u64>,
     /// Why the session last went down or failed to connect.
     pub last_error: Option<String>,
+    /// The BFD session with this peer, when BFD is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdStatus>,
+}
+
+/// The state of a peer's BFD session, as the speaker last heard of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfdStatus {
+    /// Up or Down (AdminDown: the peer stopped BFD on purpose).
+    pub state: bfd::State,
+    /// Why it last went down.
+    pub diag: bfd::Diag,
+}
+
+/// A refused prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// Why it was refused.
+    pub reason: RejectReason,
 }
 
 /// The speaker's operational state.
@@ -108,6 +143,7 @@ enum Command {
     Announce(Vec<IpNet>),
     Withdraw(Vec<IpNet>),
     SetAnnounced(Vec<IpNet>),
+    SetCommunities(Vec<PrefixCommunities>),
     Subscribe(mpsc::Sender<RibEvent>),
     Status(oneshot::Sender<Status>),
     Shutdown {
@@ -211,15 +247,19 @@ impl Speaker {
             listeners.push(l);
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (bfd_tx, bfd_rx) = mpsc::unbounded_channel();
         let mut core = Core::new(config, listeners, ev_tx);
+        core.bfd_notices = Some(bfd_tx);
         let peers = core.config.peers.clone();
         core.set_peers(peers);
+        core.rib
+            .set_local_communities(core.config.communities.clone());
         for p in core.config.announce.clone() {
             core.announced.insert(p.trunc());
             core.rib.announce_local(p);
         }
         core.flush();
-        tokio::spawn(core.run(rx, ev_rx));
+        tokio::spawn(core.run(rx, ev_rx, bfd_rx));
         Ok(SpeakerHandle { tx })
     }
 }
@@ -250,6 +290,12 @@ impl SpeakerHandle {
     /// Makes `prefixes` exactly the set originated.
     pub fn set_announced(&self, prefixes: Vec<IpNet>) -> Result<(), SpeakerError> {
         self.send(Command::SetAnnounced(prefixes))
+    }
+
+    /// Sets the communities attached to our own prefixes (by CIDR); the
+    /// prefixes already announced go out again with theirs.
+    pub fn set_communities(&self, table: Vec<PrefixCommunities>) -> Result<(), SpeakerError> {
+        self.send(Command::SetCommunities(table))
     }
 
     /// A stream of best-route changes, starting with the whole table. Keep
@@ -435,7 +481,18 @@ struct Peer {
     stale_deadline: Option<Instant>,
     eor: HashSet<Family>,
     last_error: Option<String>,
+    /// BFD configured: its last known state; the session starts only while
+    /// it is Up.
+    bfd: Option<BfdStatus>,
+    rejected_total: BTreeMap<RejectReason, u64>,
+    last_rejected: Option<Rejected>,
+    /// Refused prefixes already logged (bounded: see [`LOGGED_REFUSALS`]).
+    logged: HashSet<IpNet>,
 }
+
+/// Refused prefixes logged per peer; beyond this only counters move, so a
+/// peer sending a full table that is all refused cannot flood the log.
+const LOGGED_REFUSALS: usize = 1000;
 
 struct Core {
     config: Config,
@@ -449,6 +506,10 @@ struct Core {
     next_conn: u64,
     synced: bool,
     sync_deadline: Instant,
+    /// The BFD driver, started with the first peer that wants BFD.
+    bfd: Option<BfdHandle>,
+    /// Where the BFD driver reports sessions going up and down.
+    bfd_notices: Option<mpsc::UnboundedSender<Notice>>,
 }
 
 impl Core {
@@ -477,6 +538,8 @@ impl Core {
             announced: BTreeSet::new(),
             next_conn: 1,
             synced: false,
+            bfd: None,
+            bfd_notices: None,
         }
     }
 
@@ -484,6 +547,7 @@ impl Core {
         mut self,
         mut cmds: mpsc::UnboundedReceiver<Command>,
         mut events: mpsc::Receiver<IoEvent>,
+        mut bfd_notices: mpsc::UnboundedReceiver<Notice>,
     ) {
         loop {
             let deadline = self.next_deadline();
@@ -491,6 +555,9 @@ impl Core {
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Shutdown { graceful, done }) => {
                         self.shutdown(graceful);
+                        if let Some(b) = self.bfd.take() {
+                            b.shutdown().await;
+                        }
                         if !graceful {
                             // Give the writer tasks a moment to deliver the
                             // Cease before the caller ends the runtime.
@@ -519,6 +586,8 @@ impl Core {
                         n += 1;
                     }
                 }
+                // Never paused: a BFD Down must take a session down at once.
+                Some(n) = bfd_notices.recv() => self.bfd_notice(n),
                 () = tokio::time::sleep_until(deadline) => self.fire_timers(),
             }
             self.check_sync();
@@ -564,22 +633,33 @@ impl Core {
     }
 
     fn set_peers(&mut self, wanted: Vec<PeerConfig>) {
+        // A peer whose session settings are unchanged keeps its session;
+        // a new policy is applied under it.
         let keep: Vec<PeerConfig> = wanted
             .iter()
-            .filter(|w| self.peers.iter().any(|(_, p)| p.cfg == **w))
+            .filter(|w| self.peers.iter().any(|(_, p)| p.cfg.same_session(w)))
             .cloned()
             .collect();
         let gone: Vec<IpAddr> = self
             .peers
             .iter()
-            .filter(|(_, p)| !keep.contains(&p.cfg))
+            .filter(|(_, p)| !keep.iter().any(|k| k.same_session(&p.cfg)))
             .map(|(a, _)| *a)
             .collect();
         for addr in gone {
             self.remove_peer(addr);
         }
+        for k in &keep {
+            if let Some(p) = self.peer_mut(k.address)
+                && p.cfg.policy != k.policy
+            {
+                p.cfg.policy = k.policy.clone();
+                let idx = p.idx;
+                self.rib.set_policy(idx, k.policy.clone());
+            }
+        }
         for w in wanted {
-            if !keep.contains(&w) {
+            if !keep.iter().any(|k| k.same_session(&w)) {
                 self.add_peer(w);
             }
         }
@@ -602,6 +682,7 @@ impl Core {
             self.set_md5(cfg.address, pw.as_bytes());
         }
         let addr = cfg.address;
+        self.rib.set_policy(idx, cfg.policy.clone());
         let fsm = Fsm::new(self.fsm_config(&cfg));
         self.peers.push((
             addr,
@@ -616,9 +697,15 @@ impl Core {
                 stale_deadline: None,
                 eor: HashSet::new(),
                 last_error: None,
+                bfd: None,
+                rejected_total: BTreeMap::new(),
+                last_rejected: None,
+                logged: HashSet::new(),
             },
         ));
-        self.fsm_event(addr, Event::ManualStart);
+        if !self.start_bfd(addr) {
+            self.fsm_event(addr, Event::ManualStart);
+        }
     }
 
     fn remove_peer(&mut self, addr: IpAddr) {
@@ -631,6 +718,11 @@ impl Core {
             }
             if p.cfg.password.is_some() {
                 self.set_md5(addr, b"");
+            }
+            if p.bfd.is_some()
+                && let Some(b) = &self.bfd
+            {
+                let _ = b.remove(addr);
             }
             self.rib.remove_peer(p.idx);
             self.rib.gc();
@@ -676,6 +768,7 @@ impl Core {
                 }
                 self.announced = wanted;
             }
+            Command::SetCommunities(table) => self.rib.set_local_communities(table),
             Command::Subscribe(tx) => {
                 let mut sub = Subscriber {
                     tx,
@@ -716,7 +809,11 @@ impl Core {
                         received: c.received,
                         accepted: c.accepted,
                         advertised: c.advertised,
+                        prefixes_rejected: c.filtered,
+                        last_rejected: p.last_rejected,
+                        rejected_total: p.rejected_total.clone(),
                         last_error: p.last_error.clone(),
+                        bfd: p.bfd,
                     }
                 })
                 .collect(),
@@ -1131,7 +1228,26 @@ impl Core {
         }
     }
 
+    /// Logs (once per prefix, bounded) and counts what the import policy
+    /// refused.
+    fn note_refusals(&mut self) {
+        for r in self.rib.take_refusals() {
+            let Some((addr, p)) = self.peers.iter_mut().find(|(_, p)| p.idx == r.peer) else {
+                continue;
+            };
+            *p.rejected_total.entry(r.reason).or_default() += 1;
+            p.last_rejected = Some(Rejected {
+                prefix: r.prefix,
+                reason: r.reason,
+            });
+            if p.logged.len() < LOGGED_REFUSALS && p.logged.insert(r.prefix) {
+                warn!(peer = %addr, prefix = %r.prefix, reason = %r.reason, "import policy refused a prefix");
+            }
+        }
+    }
+
     fn flush(&mut self) {
+        self.note_refusals();
         for (idx, msgs) in self.rib.take_exports() {
             let conn = self
                 .peers

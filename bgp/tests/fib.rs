@@ -59,6 +59,8 @@ fn the_installer_replaces_spreads_sweeps_and_leaves_other_protocols_alone() {
         "10.91.0.2",
         "proto",
         "151",
+        "metric",
+        "1151",
     ]);
     ip(&[
         "route",
@@ -135,4 +137,109 @@ fn the_installer_replaces_spreads_sweeps_and_leaves_other_protocols_alone() {
     let routes = lab.routes("n");
     assert!(!routes.contains("proto 151"), "{routes}");
     assert!(routes.contains("10.92.0.0/26"));
+}
+
+/// `ip -n NS route show PREFIX` lines, as the kernel prints them.
+fn show(ns: &str, family: &str, what: &[&str]) -> String {
+    let mut v = vec!["ip", family, "-n", ns, "route", "show"];
+    v.extend_from_slice(what);
+    common::sh(&v)
+}
+
+#[test]
+fn a_learned_default_route_sits_beside_the_nodes_own_and_leaves_it_untouched() {
+    let mut lab = common::Lab::new("fibdef");
+    let ns = lab.ns("n");
+    lab.ns("peer");
+    lab.link(
+        "n",
+        "eth0",
+        &["10.97.0.1/24", "fd97::1/64"],
+        "peer",
+        "eth0",
+        &["10.97.0.2/24", "fd97::2/64", "fd97::3/64"],
+    );
+    let ip = |args: &[&str]| {
+        let mut v = vec!["ip", "-n", ns.as_str()];
+        v.extend_from_slice(args);
+        common::sh(&v);
+    };
+    // The node's own routes: a default (metric 0), an IPv6 default, and a
+    // static route of another owner that happens to use our metric.
+    ip(&["route", "add", "default", "via", "10.97.0.2"]);
+    ip(&["-6", "route", "add", "default", "via", "fd97::2"]);
+    ip(&[
+        "route",
+        "add",
+        "10.98.0.0/24",
+        "via",
+        "10.97.0.2",
+        "metric",
+        "1151",
+    ]);
+    let before_v4 = show(&ns, "-4", &[]);
+    let before_v6 = show(&ns, "-6", &[]);
+
+    let ns2 = ns.clone();
+    let report = in_netns(&ns2, || {
+        let mut fib = FibInstaller::new(151, 254).unwrap();
+        fib.apply(&[
+            change("0.0.0.0/0", &["10.97.0.3"]),
+            change("::/0", &["fd97::3"]),
+            change("10.98.0.0/24", &["10.97.0.3"]),
+        ])
+        .unwrap()
+    });
+    assert_eq!(report.installed, 2, "{report:?}");
+    assert_eq!(
+        report
+            .failed
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect::<Vec<_>>(),
+        vec!["10.98.0.0/24".to_string()],
+        "the foreign route of the same metric is not replaced"
+    );
+    let defaults = show(&ns, "-4", &["default"]);
+    assert!(
+        defaults
+            .lines()
+            .any(|l| l.trim_end() == "default via 10.97.0.2 dev eth0")
+            && defaults.contains("default via 10.97.0.3 dev eth0 proto 151 metric 1151"),
+        "both default routes, the node's first: {defaults}"
+    );
+    let defaults6 = show(&ns, "-6", &["default"]);
+    assert!(
+        defaults6.contains("default via fd97::3 dev eth0 proto 151 metric 1151"),
+        "{defaults6}"
+    );
+    for line in before_v4.lines() {
+        assert!(
+            show(&ns, "-4", &[]).lines().any(|l| l == line),
+            "lost {line}"
+        );
+    }
+
+    // A next hop change and then the withdraw: the node's routes are
+    // byte-identical afterwards.
+    let ns3 = ns.clone();
+    in_netns(&ns3, || {
+        let mut fib = FibInstaller::new(151, 254).unwrap();
+        assert_eq!(fib.leftovers(), 2);
+        let r = fib.apply(&[change("0.0.0.0/0", &["10.97.0.2"])]).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        let r = fib
+            .apply(&[
+                change("0.0.0.0/0", &[]),
+                change("::/0", &[]),
+                change("10.98.0.0/24", &[]),
+            ])
+            .unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        // A second delete of what is gone must not reach the node's own.
+        let r = fib.apply(&[change("0.0.0.0/0", &[])]).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+    });
+    assert_eq!(show(&ns, "-4", &[]), before_v4);
+    assert_eq!(show(&ns, "-6", &[]), before_v6);
 }

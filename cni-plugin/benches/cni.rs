@@ -2,10 +2,12 @@
 //! `host-local` plugins from Debian's `containernetworking-plugins`, measured
 //! in the same run, interleaved, on the same node namespace.
 //!
-//! `cargo bench -p tabby-cni --bench cni [-- --pairs N --concurrent C --passes P --tabby PATH]`
+//! `cargo bench -p tabby-cni --bench cni [-- --pairs N --concurrent C --passes P --tabby PATH --source-guard MODE]`
 //!
 //! `--tabby` measures another build of the plugin, e.g. the statically
 //! linked one that ships (`cni-plugin/bench.sh` builds and passes it).
+//! `--source-guard` sets the plugin's `sourceGuard` (default: unset, i.e.
+//! `auto`, which without bandwidth limits is clsact).
 //!
 //! Prints p50/p99 for sequential ADD and DEL, the wall time of C concurrent
 //! ADDs, and each figure as a ratio tabby / reference. Needs root.
@@ -115,11 +117,16 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn tabby_binary() -> PathBuf {
+fn string_arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
-        .position(|a| a == "--tabby")
+        .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn tabby_binary() -> PathBuf {
+    string_arg("--tabby")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(TABBY))
 }
@@ -139,13 +146,17 @@ fn main() {
         .unwrap();
     let node = Netns::new("bench-n");
     node.ok("ip link add up0 type veth peer name up0p && ip addr add 192.168.100.1/24 dev up0 && ip link set up0 up && ip link set up0p up && ip route add default via 192.168.100.2");
+    let mut tabby_conf = json!({"cniVersion": "1.0.0", "name": "bench-tabby", "type": "tabby",
+        "dataDir": scratch.path().join("tabby-data"), "runDir": scratch.path().join("tabby-run"),
+        "ipam": {"type": "tabby-ipam", "subnets": ["10.244.0.0/16"]}});
+    if let Some(mode) = string_arg("--source-guard") {
+        tabby_conf["sourceGuard"] = json!(mode);
+    }
     let contenders = [
         Contender {
             name: "tabby",
             binary: tabby_binary(),
-            conf: json!({"cniVersion": "1.0.0", "name": "bench-tabby", "type": "tabby",
-                "dataDir": scratch.path().join("tabby-data"), "runDir": scratch.path().join("tabby-run"),
-                "ipam": {"type": "tabby-ipam", "subnets": ["10.244.0.0/16"]}}),
+            conf: tabby_conf,
         },
         Contender {
             name: "ptp+host-local",

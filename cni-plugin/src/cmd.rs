@@ -10,10 +10,10 @@ use tabby_common::agent::{self, AgentError, AgentRequest, CniSettings};
 use tabby_common::endpoint::{EndpointRecord, EndpointStore};
 use tabby_common::ipam::AttachmentKey;
 use tabby_common::naming::{
-    GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, HostIface, format_mac, host_veth_name,
+    GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, HostIface, format_mac, host_veth_name, is_workload_iface,
 };
 use tabby_sys::{NetNs, Netlink};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Env, LATEST_VERSION, NetConf, SUPPORTED_VERSIONS};
 use crate::error::{CniError, CniResult, Code};
@@ -25,35 +25,127 @@ use crate::wiring::{self, Attachment};
 /// DEL only informs the agent; it never waits long for it.
 const AGENT_DEL_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn open_pod_netns(env: &Env) -> CniResult<NetNs> {
-    let path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::new(Code::InvalidEnvironment, "CNI_NETNS is required", ""))?;
-    let ns = NetNs::open(path).map_err(|e| {
-        CniError::new(
-            Code::InvalidNetNs,
-            "CNI_NETNS does not name a network namespace",
-            e.to_string(),
-        )
-    })?;
-    // Wiring the node's own namespace as a pod would move the node's
-    // routes and addresses around: refuse, as the reference plugins do.
-    let own = NetNs::current().map_err(|e| {
+fn own_netns() -> CniResult<NetNs> {
+    NetNs::current().map_err(|e| {
         CniError::new(
             Code::Kernel,
             "cannot open the node namespace",
             e.to_string(),
         )
-    })?;
-    if ns.same_as(&own) {
+    })
+}
+
+/// Wiring, unwiring or collecting in the node's own namespace as if it were
+/// a pod's would move or delete the node's own interfaces (its uplink):
+/// refused for every verb, as the reference plugins do for ADD.
+fn refuse_own(ns: &NetNs, own: &NetNs) -> CniResult<()> {
+    if ns.same_as(own) {
         return Err(CniError::new(
             Code::InvalidNetNs,
             "CNI_NETNS is the plugin's own network namespace",
-            path.display().to_string(),
+            ns.path().display().to_string(),
         ));
     }
+    Ok(())
+}
+
+fn not_netns(e: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        Code::InvalidNetNs,
+        "CNI_NETNS does not name a network namespace",
+        e.to_string(),
+    )
+}
+
+/// ADD and CHECK: `CNI_NETNS` must be a pod's network namespace.
+fn open_pod_netns(env: &Env) -> CniResult<NetNs> {
+    let path = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(Code::InvalidEnvironment, "CNI_NETNS is required", ""))?;
+    let ns = NetNs::open(path).map_err(not_netns)?;
+    refuse_own(&ns, &own_netns()?)?;
     Ok(ns)
+}
+
+/// What an optional `CNI_NETNS` (DEL, GC, STATUS) names.
+enum NsArg {
+    /// Not given, or the path is gone: the runtime already deleted it.
+    Absent,
+    /// A pod's network namespace.
+    Pod(NetNs),
+    /// A path that exists but is not a network namespace: the error to
+    /// answer (code 8) once what can be released is released.
+    NotNetNs(CniError),
+}
+
+impl NsArg {
+    fn pod(&self) -> Option<&NetNs> {
+        match self {
+            NsArg::Pod(ns) => Some(ns),
+            _ => None,
+        }
+    }
+
+    /// For the verbs that never use it: refuses anything but absence or a
+    /// pod's namespace.
+    fn into_result(self) -> CniResult<()> {
+        match self {
+            NsArg::NotNetNs(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Opens an optional `CNI_NETNS`; the plugin's own namespace is refused
+/// at once, before anything is changed.
+fn optional_netns(env: &Env) -> CniResult<NsArg> {
+    let Some(path) = env.netns.as_deref() else {
+        return Ok(NsArg::Absent);
+    };
+    match NetNs::open(path) {
+        Ok(ns) => {
+            refuse_own(&ns, &own_netns()?)?;
+            Ok(NsArg::Pod(ns))
+        }
+        Err(e) if e.is_not_found() => {
+            debug!(netns = %path.display(), "netns already gone");
+            Ok(NsArg::Absent)
+        }
+        Err(e) => Ok(NsArg::NotNetNs(not_netns(e))),
+    }
+}
+
+/// The host end a record may have tabby delete: its `hostIface` only when
+/// that is the workload interface tabby names after the record's own
+/// attachment (`key`) and pod, and that pod is the one the runtime names
+/// (`runtime_pod`, DEL's `CNI_ARGS`) when it names one. A record rewritten
+/// to name another interface (the node's uplink, another pod's veth, under
+/// its own or that pod's identity) yields nothing to delete.
+fn record_host_end<'r>(
+    rec: &'r EndpointRecord,
+    key: (&str, &str),
+    runtime_pod: Option<(&str, &str)>,
+) -> Option<(&'r str, u32)> {
+    let pod = match (&rec.pod_namespace, &rec.pod_name) {
+        (Some(ns), Some(n)) => Some((ns.as_str(), n.as_str())),
+        _ => None,
+    };
+    let own = (rec.container_id.as_str(), rec.ifname.as_str()) == key
+        && runtime_pod.is_none_or(|p| pod == Some(p))
+        && is_workload_iface(rec.host_iface.as_str())
+        && rec.host_iface.as_str() == host_veth_name(pod, &rec.container_id, &rec.ifname);
+    if own {
+        Some((rec.host_iface.as_str(), rec.host_ifindex))
+    } else {
+        warn!(
+            container_id = %rec.container_id,
+            ifname = %rec.ifname,
+            host_iface = %rec.host_iface,
+            "the endpoint record names an interface that is not its attachment's; leaving it alone"
+        );
+        None
+    }
 }
 
 /// Things ADD made, undone in reverse order when a later step fails.
@@ -63,11 +155,11 @@ enum Undo<'a> {
     Record,
 }
 
-fn unwind(conf: &NetConf, env: &Env, undo: Vec<Undo<'_>>) {
+fn unwind(conf: &NetConf, env: &Env, pod_ns: &NetNs, undo: Vec<Undo<'_>>) {
     for step in undo.into_iter().rev() {
         let res = match step {
             Undo::Ipam => ipam::release(conf, env),
-            Undo::Link { host } => wiring::del(host, env.netns.as_deref(), &env.ifname, None),
+            Undo::Link { host } => wiring::del(host, Some(pod_ns), &env.ifname, None, false),
             Undo::Record => EndpointStore::new(&conf.run_dir)
                 .remove(&env.container_id, &env.ifname)
                 .map_err(CniError::from),
@@ -81,13 +173,7 @@ fn unwind(conf: &NetConf, env: &Env, undo: Vec<Undo<'_>>) {
 /// ADD: allocate, wire, record, have the agent program policy, answer.
 pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     let pod_ns = open_pod_netns(env)?;
-    let host_ns = NetNs::current().map_err(|e| {
-        CniError::new(
-            Code::Kernel,
-            "cannot open the node namespace",
-            e.to_string(),
-        )
-    })?;
+    let host_ns = own_netns()?;
     let mut host = Netlink::open()?;
     mark("netns+socket");
     let host_name = host_veth_name(env.pod(), &env.container_id, &env.ifname);
@@ -112,11 +198,12 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
                 ips: &alloc.ips,
             },
             mtu,
+            conf.source_guard.plan(conf.egress_shaping),
         )
     }) {
         Ok(w) => w,
         Err(e) => {
-            unwind(conf, env, undo);
+            unwind(conf, env, &pod_ns, undo);
             return Err(e);
         }
     };
@@ -147,7 +234,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
             .and_then(|d| u64::try_from(d.as_millis()).ok()),
     };
     if let Err(e) = EndpointStore::new(&conf.run_dir).write(&record) {
-        unwind(conf, env, undo);
+        unwind(conf, env, &pod_ns, undo);
         return Err(e.into());
     }
     mark("record");
@@ -160,7 +247,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
             Ok(()) => {}
             // The agent refused: it is up and said no, whatever fail-open says.
             Err(e @ AgentError::Refused(_)) => {
-                unwind(conf, env, undo);
+                unwind(conf, env, &pod_ns, undo);
                 return Err(CniError::new(
                     Code::Agent,
                     "the node agent did not program the pod",
@@ -171,7 +258,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
                 warn!(error = %e, "the node agent did not answer; starting the pod anyway (failOpen)");
             }
             Err(e) => {
-                unwind(conf, env, undo);
+                unwind(conf, env, &pod_ns, undo);
                 return Err(match e {
                     AgentError::Unreachable { .. } => CniError::new(
                         Code::TryAgainLater,
@@ -261,7 +348,20 @@ fn default_routes(ips: &[IpNet]) -> Vec<Route> {
 
 /// DEL: remove the interface, release the addresses, drop the record.
 /// Everything already gone is success.
+///
+/// `CNI_NETNS`:
+/// - absent, or a path that no longer exists: the recorded host end is
+///   deleted (which takes the pod end with it), the rest released; success.
+/// - the plugin's own namespace: refused with code 8 before anything is
+///   touched (no interface, no address, no record): no runtime sends that
+///   for a pod, and obeying it would delete the node's own `CNI_IFNAME`.
+/// - a path that exists but is not a network namespace (a regular file, a
+///   directory): nothing is looked up behind it; the recorded host end is
+///   deleted, the addresses and the record are released, the agent told,
+///   and then DEL answers code 8 so that the runtime learns its path was
+///   wrong. Repeating it answers 8 again and changes nothing more.
 pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
+    let ns = optional_netns(env)?;
     let store = EndpointStore::new(&conf.run_dir);
     let record = match store.read(&env.container_id, &env.ifname) {
         Ok(r) => r,
@@ -274,11 +374,12 @@ pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
     mark("record read+socket");
     wiring::del(
         &mut host,
-        env.netns.as_deref(),
+        ns.pod(),
         &env.ifname,
         record
             .as_ref()
-            .map(|r| (r.host_iface.as_str(), r.host_ifindex)),
+            .and_then(|r| record_host_end(r, (&env.container_id, &env.ifname), env.pod())),
+        false,
     )?;
     mark("unwired");
     ipam::release(conf, env)?;
@@ -296,7 +397,7 @@ pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
         }
     }
     info!("pod unwired");
-    Ok(())
+    ns.into_result()
 }
 
 /// CHECK: everything ADD made is still there.
@@ -363,6 +464,7 @@ pub fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
 
 /// STATUS: can ADD succeed now?
 pub fn status(env: &Env, conf: &NetConf) -> CniResult<()> {
+    optional_netns(env)?.into_result()?;
     ipam::status(conf, env)?;
     if let Some(sock) = &conf.agent_socket {
         agent::call(sock, &AgentRequest::Status, AGENT_DEL_TIMEOUT).map_err(|e| {
@@ -379,6 +481,7 @@ pub fn status(env: &Env, conf: &NetConf) -> CniResult<()> {
 /// GC: release addresses and records of attachments the runtime no longer
 /// has, and remove their interfaces.
 pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
+    optional_netns(env)?.into_result()?;
     // Without the list, "everything not listed" would be every pod on the
     // node: refuse rather than guess.
     let Some(listed) = &conf.valid_attachments else {
@@ -393,32 +496,45 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
         .map(|a| AttachmentKey::new(a.container_id.clone(), a.ifname.clone()))
         .collect();
     let store = EndpointStore::new(&conf.run_dir);
+    let own = own_netns()?;
     let mut host = Netlink::open()?;
     let mut errors = Vec::new();
     let mut in_use = HashSet::new();
-    for rec in store.list()?.into_iter().flatten() {
-        if rec.network != conf.name {
-            continue;
-        }
-        if valid.contains(&AttachmentKey::new(
-            rec.container_id.clone(),
-            rec.ifname.clone(),
-        )) {
-            in_use.insert(String::from(rec.host_iface.clone()));
-            continue;
-        }
-        let netns = std::path::PathBuf::from(&rec.netns);
-        let res = wiring::del(
-            &mut host,
-            Some(&netns),
-            &rec.ifname,
-            Some((rec.host_iface.as_str(), rec.host_ifindex)),
-        )
-        .and_then(|()| {
-            store
-                .remove(&rec.container_id, &rec.ifname)
-                .map_err(CniError::from)
-        });
+    let records: Vec<EndpointRecord> = store
+        .list()?
+        .into_iter()
+        .flatten()
+        .filter(|r| r.network == conf.name)
+        .collect();
+    let is_valid = |r: &EndpointRecord| {
+        valid.contains(&AttachmentKey::new(
+            r.container_id.clone(),
+            r.ifname.clone(),
+        ))
+    };
+    // First the interfaces of valid attachments: a stale record naming one
+    // (a forged one, under that pod's identity) must not reach it.
+    for rec in records.iter().filter(|r| is_valid(r)) {
+        in_use.insert(String::from(rec.host_iface.clone()));
+    }
+    for rec in records.iter().filter(|r| !is_valid(r)) {
+        let host_end = record_host_end(rec, (&rec.container_id, &rec.ifname), None)
+            .filter(|(name, _)| {
+                let free = !in_use.contains(*name);
+                if !free {
+                    warn!(container_id = %rec.container_id, host_iface = name, "a stale endpoint record names a valid attachment's interface; leaving it alone");
+                }
+                free
+            });
+        // Only a record that names its own host end may lead GC into a
+        // namespace, and never into the plugin's own.
+        let pod_ns = host_end.and_then(|_| gc_pod_netns(&rec.netns, &own));
+        let res =
+            wiring::del(&mut host, pod_ns.as_ref(), &rec.ifname, host_end, true).and_then(|()| {
+                store
+                    .remove(&rec.container_id, &rec.ifname)
+                    .map_err(CniError::from)
+            });
         match res {
             Ok(()) => {
                 info!(container_id = %rec.container_id, ifname = %rec.ifname, "GC removed a stale endpoint")
@@ -448,6 +564,28 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
             "GC could not remove every stale endpoint",
             errors.join("; "),
         ))
+    }
+}
+
+/// The namespace a stale record names, when GC may enter it: one that
+/// still exists, is a network namespace, and is not the plugin's own.
+fn gc_pod_netns(path: &str, own: &NetNs) -> Option<NetNs> {
+    if path.is_empty() {
+        return None;
+    }
+    match NetNs::open(path) {
+        Ok(ns) if ns.same_as(own) => {
+            warn!(
+                netns = path,
+                "a stale endpoint record names the node's own namespace; not entering it"
+            );
+            None
+        }
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            debug!(netns = path, error = %e, "stale endpoint's namespace is gone");
+            None
+        }
     }
 }
 

@@ -2,11 +2,14 @@
 //! configuration on stdin, parsed and validated into one value.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use tabby_sys::GuardHook;
 
 use crate::error::{CniError, CniResult, Code};
 
@@ -116,6 +119,34 @@ pub struct ValidAttachment {
     pub ifname: String,
 }
 
+/// `sourceGuard`: where the anti-spoofing guard is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceGuard {
+    /// clsact (fast), unless the pod asks for egress shaping, which needs
+    /// the `ingress` qdisc clsact would block: then TCX. Each falls back to
+    /// the other.
+    #[default]
+    Auto,
+    /// Always TCX, no fallback.
+    Tcx,
+    /// Always clsact, no fallback.
+    Clsact,
+}
+
+impl SourceGuard {
+    /// Where to attach the guard first, and where to go when that fails
+    /// (`None`: fail the ADD). `egress_shaping`: the runtime passed a
+    /// non-zero `egressRate` or `egressBurst`.
+    pub fn plan(self, egress_shaping: bool) -> (GuardHook, Option<GuardHook>) {
+        match self {
+            SourceGuard::Tcx => (GuardHook::Tcx, None),
+            SourceGuard::Clsact => (GuardHook::Clsact, None),
+            SourceGuard::Auto if egress_shaping => (GuardHook::Tcx, Some(GuardHook::Clsact)),
+            SourceGuard::Auto => (GuardHook::Clsact, Some(GuardHook::Tcx)),
+        }
+    }
+}
+
 /// The plugin's network configuration.
 #[derive(Debug, Clone)]
 pub struct NetConf {
@@ -133,6 +164,11 @@ pub struct NetConf {
     pub agent_socket: Option<PathBuf>,
     /// `ipam`.
     pub ipam: IpamConf,
+    /// `sourceGuard`.
+    pub source_guard: SourceGuard,
+    /// `runtimeConfig.bandwidth` asks for egress shaping (a non-zero
+    /// `egressRate` or `egressBurst`).
+    pub egress_shaping: bool,
     /// `dns`, passed into the result.
     pub dns: Option<Value>,
     /// `prevResult`.
@@ -155,7 +191,14 @@ const SPEC_KEYS: [&str; 8] = [
     "dns",
 ];
 /// Keys tabby defines.
-const TABBY_KEYS: [&str; 5] = ["mtu", "dataDir", "runDir", "agentSocket", "ipam"];
+const TABBY_KEYS: [&str; 6] = [
+    "mtu",
+    "dataDir",
+    "runDir",
+    "agentSocket",
+    "ipam",
+    "sourceGuard",
+];
 
 fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
     CniError::new(Code::InvalidConfig, msg, details)
@@ -282,6 +325,28 @@ pub fn parse_conf(stdin: &[u8]) -> CniResult<NetConf> {
         }
     };
     let ipam = parse_ipam(map.get("ipam"))?;
+    let source_guard = match map.get("sourceGuard") {
+        None | Some(Value::Null) => SourceGuard::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => SourceGuard::Auto,
+            "tcx" => SourceGuard::Tcx,
+            "clsact" => SourceGuard::Clsact,
+            other => {
+                return Err(invalid(
+                    format!("unknown sourceGuard {other:?}"),
+                    "sourceGuard is \"auto\", \"tcx\" or \"clsact\"",
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(CniError::new(
+                Code::Decode,
+                "sourceGuard must be a string",
+                "",
+            ));
+        }
+    };
+    let egress_shaping = egress_shaping(map.get("runtimeConfig"))?;
     let dns = match map.get("dns") {
         None | Some(Value::Null) => None,
         Some(v @ Value::Object(_)) => Some(v.clone()),
@@ -323,11 +388,55 @@ pub fn parse_conf(stdin: &[u8]) -> CniResult<NetConf> {
         run_dir,
         agent_socket,
         ipam,
+        source_guard,
+        egress_shaping,
         dns,
         prev_result,
         valid_attachments,
         raw,
     })
+}
+
+/// Whether `runtimeConfig.bandwidth` (CNI conventions, bits/s and bits)
+/// asks for egress shaping: a non-zero `egressRate` or `egressBurst`. The
+/// rest of `runtimeConfig` is other plugins' business and not looked at.
+fn egress_shaping(runtime: Option<&Value>) -> CniResult<bool> {
+    let bw = match runtime {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Object(m)) => match m.get("bandwidth") {
+            None | Some(Value::Null) => return Ok(false),
+            Some(Value::Object(bw)) => bw,
+            Some(_) => {
+                return Err(CniError::new(
+                    Code::Decode,
+                    "runtimeConfig.bandwidth must be an object",
+                    "",
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(CniError::new(
+                Code::Decode,
+                "runtimeConfig must be an object",
+                "",
+            ));
+        }
+    };
+    let mut shaping = false;
+    for key in ["egressRate", "egressBurst"] {
+        match bw.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) => shaping |= n.as_f64().is_some_and(|v| v != 0.0),
+            Some(_) => {
+                return Err(CniError::new(
+                    Code::Decode,
+                    format!("runtimeConfig.bandwidth.{key} must be a number"),
+                    "",
+                ));
+            }
+        }
+    }
+    Ok(shaping)
 }
 
 fn abs_path(map: &Map<String, Value>, key: &str, default: &str) -> CniResult<PathBuf> {
@@ -404,6 +513,15 @@ fn parse_ipam(v: Option<&Value>) -> CniResult<IpamConf> {
                         format!("did you mean {}?", net.trunc()),
                     ));
                 }
+                if let Err(why) = check_pool(&net) {
+                    return Err(invalid(
+                        format!(
+                            "ipam.subnets[{}]: {net} is not a usable pod pool",
+                            out.len()
+                        ),
+                        why,
+                    ));
+                }
                 if let Some(other) = out.iter().find(|o| o.contains(&net) || net.contains(*o)) {
                     return Err(invalid(format!("ipam.subnets: {net} overlaps {other}"), ""));
                 }
@@ -420,6 +538,78 @@ fn parse_ipam(v: Option<&Value>) -> CniResult<IpamConf> {
         }
     };
     Ok(IpamConf::Tabby { subnets })
+}
+
+/// Address ranges that can never be pod pools, with the reason given when
+/// a subnet overlaps one (RFC 6890 special-purpose registries).
+const NOT_POOLS: [(&str, &str); 10] = [
+    (
+        "0.0.0.0/8",
+        "overlaps 0.0.0.0/8 (\"this network\", the unspecified address)",
+    ),
+    ("127.0.0.0/8", "overlaps the loopback range 127.0.0.0/8"),
+    (
+        "169.254.0.0/16",
+        "overlaps the link-local range 169.254.0.0/16 (the pods' gateway lives there)",
+    ),
+    ("224.0.0.0/4", "overlaps the multicast range 224.0.0.0/4"),
+    (
+        "255.255.255.255/32",
+        "contains the limited broadcast address 255.255.255.255",
+    ),
+    ("::/128", "contains the unspecified address ::"),
+    ("::1/128", "contains the loopback address ::1"),
+    (
+        "::ffff:0:0/96",
+        "overlaps the IPv4-mapped range ::ffff:0:0/96",
+    ),
+    (
+        "fe80::/10",
+        "overlaps the link-local range fe80::/10 (the pods' gateway lives there)",
+    ),
+    ("ff00::/8", "overlaps the multicast range ff00::/8"),
+];
+
+/// The longest IPv4 pool prefix. The IPAM reserves a pool's network and
+/// broadcast addresses only from /30 down (a /30 keeps two of its four);
+/// /31 and /32 are point-to-point links (RFC 3021) and host routes: under
+/// the reservation every other pool gets they leave no usable address.
+pub const MAX_POOL_PREFIX_V4: u8 = 30;
+
+/// The longest IPv6 pool prefix: the IPAM reserves the subnet-router
+/// anycast address (the first) from /126 down; /127 is a point-to-point
+/// link (RFC 6164) and /128 a single address, which leaves none.
+pub const MAX_POOL_PREFIX_V6: u8 = 126;
+
+/// Why `net` cannot be a pod pool, if it cannot: the default route, a
+/// special-purpose range, or a prefix too long to leave a usable address.
+pub fn check_pool(net: &IpNet) -> Result<(), String> {
+    if net.prefix_len() == 0 {
+        return Err(
+            "a default route is not a pod pool: it covers every address, the \
+                    unspecified, loopback, multicast and broadcast ones included"
+                .to_string(),
+        );
+    }
+    for (range, why) in NOT_POOLS {
+        if let Ok(r) = range.parse::<IpNet>()
+            && (r.contains(net) || net.contains(&r))
+        {
+            return Err(why.to_string());
+        }
+    }
+    let max = if net.addr().is_ipv4() {
+        MAX_POOL_PREFIX_V4
+    } else {
+        MAX_POOL_PREFIX_V6
+    };
+    if net.prefix_len() > max {
+        return Err(format!(
+            "a /{} leaves no usable pod address: pools are at most /{max}",
+            net.prefix_len()
+        ));
+    }
+    Ok(())
 }
 
 /// CNI spec: a network name starts with an alphanumeric character, then
@@ -443,6 +633,36 @@ fn valid_identifier(s: &str) -> bool {
 
 fn env_err(msg: impl Into<String>) -> CniError {
     CniError::new(Code::InvalidEnvironment, msg, "")
+}
+
+/// The process environment as text. A `CNI_*` variable that is not valid
+/// UTF-8 is an error (code 4, naming it); any other such variable is not
+/// ours to read and is ignored. Never panics, unlike `std::env::vars`.
+pub fn collect_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> CniResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in vars {
+        let cni = k.as_encoded_bytes().starts_with(b"CNI_");
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => {
+                out.insert(k, v);
+            }
+            (k, _) if cni => {
+                let name = match k {
+                    Ok(k) => k,
+                    Err(raw) => raw.to_string_lossy().into_owned(),
+                };
+                return Err(CniError::new(
+                    Code::InvalidEnvironment,
+                    format!("{name} is not valid UTF-8"),
+                    "CNI variables must be text",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Reads `CNI_COMMAND`.
@@ -588,7 +808,7 @@ mod tests {
     fn every_documented_key_is_accepted() {
         let c = conf(
             r#"{"cniVersion":"0.4.0","name":"n","type":"tabby","mtu":1400,"dataDir":"/d","runDir":"/r",
-                "agentSocket":"/r/agent.sock","ipam":{"type":"tabby-ipam","subnets":["10.0.0.0/24","fd00::/120"]},
+                "agentSocket":"/r/agent.sock","sourceGuard":"tcx","ipam":{"type":"tabby-ipam","subnets":["10.0.0.0/24","fd00::/120"]},
                 "args":{},"runtimeConfig":{},"capabilities":{"portMappings":true},"dns":{"nameservers":["10.0.0.10"]},
                 "cni.dev/example":1}"#,
         )
@@ -666,6 +886,73 @@ mod tests {
     }
 
     #[test]
+    fn source_guard_defaults_to_auto_and_refuses_unknown_modes_naming_the_key() {
+        let base = r#"{"cniVersion":"1.1.0","name":"n","type":"t""#;
+        assert_eq!(
+            conf(&format!("{base}}}")).unwrap().source_guard,
+            SourceGuard::Auto
+        );
+        for (v, want) in [
+            ("auto", SourceGuard::Auto),
+            ("tcx", SourceGuard::Tcx),
+            ("clsact", SourceGuard::Clsact),
+        ] {
+            let c = conf(&format!(r#"{base},"sourceGuard":"{v}"}}"#)).unwrap();
+            assert_eq!(c.source_guard, want, "{v}");
+        }
+        for bad in [r#""TCX""#, r#""ebpf""#, r#""""#] {
+            let e = conf(&format!(r#"{base},"sourceGuard":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{bad}");
+            assert!(e.msg.contains("sourceGuard"), "{e}");
+        }
+        let e = conf(&format!(r#"{base},"sourceGuard":1}}"#)).unwrap_err();
+        assert_eq!(e.code, Code::Decode);
+        assert!(e.msg.contains("sourceGuard"), "{e}");
+    }
+
+    #[test]
+    fn only_a_non_zero_egress_rate_or_burst_asks_for_egress_shaping() {
+        let with = |rc: &str| {
+            conf(&format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"t","runtimeConfig":{rc}}}"#
+            ))
+        };
+        let cases = [
+            (r#"{}"#, false),
+            (r#"{"portMappings":[]}"#, false),
+            (
+                r#"{"bandwidth":{"ingressRate":1000000,"ingressBurst":100000}}"#,
+                false,
+            ),
+            (r#"{"bandwidth":{"egressRate":0,"egressBurst":0}}"#, false),
+            (r#"{"bandwidth":{"egressRate":1000000}}"#, true),
+            (r#"{"bandwidth":{"egressBurst":100000}}"#, true),
+            (
+                r#"{"bandwidth":{"ingressRate":1,"ingressBurst":1,"egressRate":20000000,"egressBurst":1000000}}"#,
+                true,
+            ),
+        ];
+        for (rc, want) in cases {
+            assert_eq!(with(rc).unwrap().egress_shaping, want, "{rc}");
+        }
+        let e = with(r#"{"bandwidth":{"egressRate":"20M"}}"#).unwrap_err();
+        assert_eq!(e.code, Code::Decode);
+        assert!(e.msg.contains("egressRate"), "{e}");
+        assert_eq!(with(r#"{"bandwidth":[]}"#).unwrap_err().code, Code::Decode);
+    }
+
+    #[test]
+    fn auto_takes_clsact_unless_egress_is_shaped_and_forced_modes_never_fall_back() {
+        use GuardHook::{Clsact, Tcx};
+        assert_eq!(SourceGuard::Auto.plan(false), (Clsact, Some(Tcx)));
+        assert_eq!(SourceGuard::Auto.plan(true), (Tcx, Some(Clsact)));
+        for shaping in [false, true] {
+            assert_eq!(SourceGuard::Tcx.plan(shaping), (Tcx, None));
+            assert_eq!(SourceGuard::Clsact.plan(shaping), (Clsact, None));
+        }
+    }
+
+    #[test]
     fn other_ipam_types_are_delegated() {
         let c = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"type":"host-local","ranges":[]}}"#).unwrap();
         assert_eq!(
@@ -731,6 +1018,85 @@ mod tests {
         assert_eq!(bad("CNI_IFNAME", "a:b"), Code::InvalidEnvironment);
         assert_eq!(bad("CNI_NETNS", "relative"), Code::InvalidEnvironment);
         assert_eq!(bad("CNI_ARGS", "novalue"), Code::InvalidEnvironment);
+    }
+
+    #[test]
+    fn only_usable_pools_pass() {
+        let refused = [
+            "0.0.0.0/0",
+            "::/0",
+            "0.0.0.0/8",
+            "0.0.0.0/16",
+            "127.0.0.0/8",
+            "127.1.0.0/16",
+            "224.0.0.0/4",
+            "239.1.0.0/16",
+            "169.254.1.0/24",
+            "255.255.255.255/32",
+            "255.255.255.0/24",
+            "128.0.0.0/1",
+            "10.0.0.0/31",
+            "10.0.0.4/32",
+            "::/128",
+            "::1/128",
+            "::/64",
+            "::ffff:10.0.0.0/120",
+            "fe80::/10",
+            "fe80::/64",
+            "ff00::/8",
+            "ff02::/16",
+            "fd00::/127",
+            "fd00::/128",
+        ];
+        for s in refused {
+            assert!(check_pool(&s.parse().unwrap()).is_err(), "{s} was accepted");
+        }
+        for s in [
+            "10.0.0.0/8",
+            "10.0.0.0/30",
+            "100.64.0.0/10",
+            "192.168.0.0/16",
+            "240.0.0.0/5",
+            "fd00::/8",
+            "fd00::/126",
+            "2001:db8::/64",
+        ] {
+            assert_eq!(check_pool(&s.parse().unwrap()), Ok(()), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_refused_subnet_names_its_index_and_is_code_7() {
+        let e = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"type":"tabby-ipam","subnets":["10.1.0.0/16","0.0.0.0/0"]}}"#).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.msg.contains("ipam.subnets[1]"), "{e}");
+    }
+
+    #[test]
+    fn a_cni_variable_that_is_not_utf8_is_code_4_and_others_are_ignored() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'x', 0xff]);
+        let e = collect_env([
+            (OsString::from("CNI_COMMAND"), OsString::from("ADD")),
+            (OsString::from("CNI_ARGS"), bad()),
+        ])
+        .unwrap_err();
+        assert_eq!(e.code, Code::InvalidEnvironment);
+        assert!(e.msg.contains("CNI_ARGS"), "{e}");
+        let e = collect_env([(
+            OsString::from_vec(b"CNI_\xff".to_vec()),
+            OsString::from("1"),
+        )])
+        .unwrap_err();
+        assert_eq!(e.code, Code::InvalidEnvironment);
+        let ok = collect_env([
+            (OsString::from("CNI_COMMAND"), OsString::from("DEL")),
+            (OsString::from("LANG"), bad()),
+            (bad(), OsString::from("v")),
+        ])
+        .unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok["CNI_COMMAND"], "DEL");
     }
 
     #[test]

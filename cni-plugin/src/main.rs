@@ -29,16 +29,19 @@ fn main() -> ExitCode {
     tabby_cni::timing::start();
     init_logging();
     tabby_cni::timing::mark("logging");
-    let vars: BTreeMap<String, String> = std::env::vars().collect();
+    // `std::env::vars` panics on a variable that is not UTF-8; the runtime
+    // must get an error object instead.
+    let vars = config::collect_env(std::env::vars_os());
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
 
     let mut out = std::io::stdout().lock();
     let version = config::sniff_version(&stdin).unwrap_or_else(|| LATEST_VERSION.to_string());
     tabby_cni::timing::mark("stdin");
-    let result = match read {
-        Ok(_) => run(&vars, &stdin),
-        Err(e) => Err(CniError::new(Code::Io, "cannot read stdin", e.to_string())),
+    let result = match (read, vars) {
+        (_, Err(e)) => Err(e),
+        (Ok(_), Ok(vars)) => run(&vars, &stdin),
+        (Err(e), _) => Err(CniError::new(Code::Io, "cannot read stdin", e.to_string())),
     };
     tabby_cni::timing::mark("verb done");
     match result {

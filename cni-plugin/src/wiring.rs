@@ -17,7 +17,7 @@ use tabby_common::naming::{
 use tabby_sys::netlink::{RTN_UNICAST, SCOPE_LINK, SCOPE_UNIVERSE, TABLE_MAIN, VethSpec};
 
 use tabby_sys::teardown::{self, LinkEvents};
-use tabby_sys::{LinkSummary, NetNs, Netlink, RouteSpec, sysctl};
+use tabby_sys::{GuardHook, GuardState, LinkSummary, NetNs, Netlink, RouteSpec, sysctl};
 use tracing::{debug, info, warn};
 
 use crate::error::{CniError, CniResult, Code};
@@ -38,6 +38,11 @@ pub struct Attachment<'a> {
     /// The pod's addresses (host prefixes).
     pub ips: &'a [IpNet],
 }
+
+/// Where ADD attaches the source guard: first choice, and the fallback
+/// when that fails (`None`: the ADD fails). See
+/// [`crate::config::SourceGuard::plan`].
+pub type GuardPlan = (GuardHook, Option<GuardHook>);
 
 /// What ADD made.
 #[derive(Debug, Clone)]
@@ -135,6 +140,7 @@ pub fn add(
     host_ns: &NetNs,
     req: &Attachment<'_>,
     mtu: u32,
+    guard_plan: GuardPlan,
 ) -> CniResult<Wired> {
     let v4 = req.ips.iter().any(|i| i.addr().is_ipv4());
     let v6 = req.ips.iter().any(|i| i.addr().is_ipv6());
@@ -240,7 +246,7 @@ pub fn add(
         }
     };
 
-    match host_side(host, req, host_index, v4, v6) {
+    match host_side(host, req, host_index, v4, v6, guard_plan) {
         Ok(host_index) => Ok(Wired {
             host_index,
             pod_mac,
@@ -262,6 +268,7 @@ fn host_side(
     index: Option<u32>,
     v4: bool,
     v6: bool,
+    guard_plan: GuardPlan,
 ) -> CniResult<u32> {
     let index = match index {
         Some(i) => i,
@@ -292,8 +299,9 @@ fn host_side(
     mark("host sysctls+addr");
     // Before the host end comes up, so no packet ever passes unguarded.
     let own: Vec<IpAddr> = req.ips.iter().map(IpNet::addr).collect();
-    host.install_source_guard(index, &own)?;
+    let hook = attach_guard(host, index, &own, guard_plan)?;
     mark("host guard");
+    debug!(iface = h, hook = hook.as_str(), "source guard attached");
     host.set_up(index)?;
     mark("host up");
     for ip in req.ips {
@@ -304,12 +312,56 @@ fn host_side(
     Ok(index)
 }
 
+/// Attaches the guard per `plan`; returns where it went.
+fn attach_guard(
+    host: &mut Netlink,
+    index: u32,
+    own: &[IpAddr],
+    (first, fallback): GuardPlan,
+) -> CniResult<GuardHook> {
+    let err = match host.install_source_guard(index, own, first) {
+        Ok(()) => return Ok(first),
+        Err(e) => e,
+    };
+    let Some(second) = fallback else {
+        return Err(err.into());
+    };
+    if first == GuardHook::Clsact {
+        // A qdisc without our filter would still block bandwidth's.
+        if let Err(e) = host.remove_clsact(index) {
+            warn!(index, error = %e, "cannot remove a half-made clsact qdisc");
+        }
+    }
+    warn!(
+        index,
+        error = %err,
+        "the source guard could not be attached with {}: falling back to {}{}",
+        first.as_str(),
+        second.as_str(),
+        if second == GuardHook::Clsact {
+            " (the bandwidth plugin's egress shaping cannot share its qdisc)"
+        } else {
+            ""
+        }
+    );
+    host.install_source_guard(index, own, second)?;
+    Ok(second)
+}
+
 /// How long DEL waits for the kernel to unlist the pair.
 const DEL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Removes the pod's interface. Idempotent: a missing namespace, link or
-/// record is success. `host_end` is (name, ifindex) from the endpoint
-/// record, used when the namespace is already gone.
+/// Removes the pod's interface. Idempotent: a missing link or record is
+/// success. `pod_ns` is the pod's namespace when it still exists (never the
+/// plugin's own: the caller refuses that); `host_end` is (name, ifindex)
+/// from the endpoint record, already checked to be the record's own
+/// workload interface, used when the namespace is gone.
+///
+/// `peer_must_match`: delete the pod end only when its veth peer is the
+/// recorded host end. DEL names the pod end itself (`CNI_NETNS` and
+/// `CNI_IFNAME` come from the runtime), so it deletes a veth of that name
+/// whatever its peer; GC only has what a record file says, which must not
+/// be enough to delete an interface of some other pod.
 ///
 /// When the pod end's peer is the recorded host end, DEL returns as soon as
 /// the kernel has unlisted the pair, before its memory reclamation (~15 ms
@@ -317,60 +369,54 @@ const DEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`tabby_sys::teardown`] explains why nothing is left to observe by then.
 pub fn del(
     host: &mut Netlink,
-    netns: Option<&std::path::Path>,
+    pod_ns: Option<&NetNs>,
     ifname: &str,
     host_end: Option<(&str, u32)>,
+    peer_must_match: bool,
 ) -> CniResult<()> {
     // Subscribed before anything is deleted, so that the host end's
     // RTM_DELLINK cannot be missed.
     let mut events = host_end.and_then(|_| LinkEvents::open().ok());
-    if let Some(path) = netns {
-        match NetNs::open(path) {
-            Ok(ns) => {
-                let guard = ns
-                    .enter()
-                    .map_err(|e| kernel("cannot enter the pod network namespace", e))?;
-                let found = (|| -> CniResult<Option<(Netlink, LinkSummary)>> {
-                    let mut pod = Netlink::open()?;
-                    mark("del: enter+socket");
-                    Ok(pod
-                        .link_by_name(ifname)?
-                        .filter(|l| l.kind.as_deref() == Some("veth"))
-                        .map(|l| (pod, l)))
-                })();
-                drop(guard);
-                if let Some((mut pod, l)) = found? {
-                    mark("del: lookup");
-                    match (events.as_mut(), host_end) {
-                        (Some(events), Some((name, index)))
-                            if l.link == Some(index) && is_workload_iface(name) =>
-                        {
-                            teardown::delete_veth_detached(
-                                pod,
-                                l.index,
-                                events,
-                                index,
-                                DEL_TIMEOUT,
-                            )?;
-                            mark("del: pair unlisted");
-                            return Ok(());
-                        }
-                        _ => pod.delete_link(l.index)?,
-                    }
-                    mark("del: delete link");
+    if let Some(ns) = pod_ns {
+        let guard = ns
+            .enter()
+            .map_err(|e| kernel("cannot enter the pod network namespace", e))?;
+        let found = (|| -> CniResult<Option<(Netlink, LinkSummary)>> {
+            let mut pod = Netlink::open()?;
+            mark("del: enter+socket");
+            Ok(pod
+                .link_by_name(ifname)?
+                .filter(|l| l.kind.as_deref() == Some("veth"))
+                .map(|l| (pod, l)))
+        })();
+        drop(guard);
+        if let Some((mut pod, l)) = found? {
+            mark("del: lookup");
+            let peer_is_recorded = host_end
+                .is_some_and(|(name, index)| l.link == Some(index) && is_workload_iface(name));
+            match (events.as_mut(), host_end) {
+                (Some(events), Some((_, index))) if peer_is_recorded => {
+                    teardown::delete_veth_detached(pod, l.index, events, index, DEL_TIMEOUT)?;
+                    mark("del: pair unlisted");
+                    return Ok(());
                 }
+                _ if peer_is_recorded || !peer_must_match => pod.delete_link(l.index)?,
+                _ => warn!(
+                    iface = ifname,
+                    netns = %ns.path().display(),
+                    "leaving a pod interface whose peer is not the recorded host end"
+                ),
             }
-            Err(e) if e.is_not_found() => debug!(netns = %path.display(), "netns already gone"),
-            Err(e) => return Err(kernel("cannot open the pod network namespace", e)),
+            mark("del: delete link");
         }
     }
     // The namespace may be gone while the host end survives (it cannot,
     // for a veth, unless the pod end was moved): delete it only if it is
     // still the very link the record describes.
     if let Some((name, index)) = host_end
+        && is_workload_iface(name)
         && let Some(l) = host.link_by_name(name)?
         && l.index == index
-        && is_workload_iface(name)
     {
         host.delete_link(l.index)?;
     }
@@ -437,6 +483,22 @@ pub fn check(host: &mut Netlink, exp: &Attachment<'_>) -> CniResult<()> {
             "host interface {} is down",
             exp.host_name
         )));
+    }
+    let own: Vec<IpAddr> = exp.ips.iter().map(IpNet::addr).collect();
+    match host.source_guard(link.index, &own)? {
+        GuardState::Tcx | GuardState::Clsact => {}
+        GuardState::Stale => {
+            return Err(check_failed(format!(
+                "the source guard on {} is not for the pod's addresses",
+                exp.host_name
+            )));
+        }
+        GuardState::Missing => {
+            return Err(check_failed(format!(
+                "the source guard is missing on {}",
+                exp.host_name
+            )));
+        }
     }
     for fam6 in [false, true] {
         let have = host.routes(fam6, TABLE_MAIN)?;

@@ -223,3 +223,145 @@ fn tabby_accepts_a_previous_result_when_not_first_in_the_chain() {
         .expect_ok();
     n.assert_clean();
 }
+
+/// An iperf3 server inside a namespace, killed on drop.
+struct Iperf3Server(std::process::Child);
+
+impl Iperf3Server {
+    fn start(ns: &Netns, port: u16) -> Iperf3Server {
+        let child = ns.run(|| {
+            std::process::Command::new("iperf3")
+                .args(["-s", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        });
+        let server = Iperf3Server(child);
+        tabby_tests::wait_for(
+            "iperf3 to listen",
+            std::time::Duration::from_secs(20),
+            || ns.ok("ss -Hltn").contains(&format!(":{port}")),
+        );
+        server
+    }
+}
+
+impl Drop for Iperf3Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// TCP throughput from `pod` to `server` (reverse: from the server to the
+/// pod), in Mbit/s, as the receiver counted it, leaving out the first
+/// second (slow start, the token bucket's burst).
+fn iperf3_mbps(pod: &Netns, server: &str, port: u16, reverse: bool) -> f64 {
+    let out = pod.ok(&format!(
+        "iperf3 -c {server} -p {port} -t 4 -O 1 -J {}",
+        if reverse { "-R" } else { "" }
+    ));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no throughput in iperf3's output: {out}"))
+        / 1e6
+}
+
+#[test]
+fn bandwidth_shapes_both_directions_behind_tabby_and_spoofing_stays_dropped() {
+    require_tool("/usr/lib/cni/bandwidth");
+    require_tool("iperf3");
+    const LIMIT_MBPS: f64 = 20.0;
+    let n = Node::new("bw");
+    let pod = Netns::new("bwp");
+    // As libcni does: every plugin declaring the bandwidth capability gets
+    // the pod's limits in its runtimeConfig, tabby too.
+    let limits = json!({"bandwidth": {
+        "ingressRate": 20_000_000, "ingressBurst": 1_000_000,
+        "egressRate": 20_000_000, "egressBurst": 1_000_000
+    }});
+    let mut tabby = n.conf("1.0.0");
+    tabby.as_object_mut().unwrap().remove("cniVersion");
+    tabby["capabilities"] = json!({"bandwidth": true});
+    tabby["runtimeConfig"] = limits.clone();
+    let bandwidth = json!({
+        "type": "bandwidth",
+        "capabilities": {"bandwidth": true},
+        "runtimeConfig": limits,
+    });
+    let r1 = chain_step(&n, "tabby", "ADD", &pod, tabby.clone(), None).expect_ok();
+    // Egress shaping asked for: the guard went to TCX, leaving no qdisc.
+    let host = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let qdiscs = n.node.ok(&format!("tc qdisc show dev {host}"));
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+    let _server = Iperf3Server::start(&n.ext, 5201);
+    let free_out = iperf3_mbps(&pod, EXT_V4, 5201, false);
+    let free_in = iperf3_mbps(&pod, EXT_V4, 5201, true);
+
+    // What failed with tabby's clsact qdisc: "create ingress qdisc: file exists".
+    let r2 = chain_step(&n, "bandwidth", "ADD", &pod, bandwidth.clone(), Some(&r1)).expect_ok();
+    let qdiscs = n.node.ok(&format!("tc qdisc show dev {host}"));
+    assert!(
+        qdiscs.contains("tbf"),
+        "no ingress shaping on {host}: {qdiscs}"
+    );
+    assert!(
+        qdiscs.contains("ingress"),
+        "no egress shaping on {host}: {qdiscs}"
+    );
+    let out = iperf3_mbps(&pod, EXT_V4, 5201, false);
+    let inn = iperf3_mbps(&pod, EXT_V4, 5201, true);
+    eprintln!(
+        "pod egress {out:.1} Mbit/s (unshaped {free_out:.1}), pod ingress {inn:.1} Mbit/s (unshaped {free_in:.1}), limit {LIMIT_MBPS}"
+    );
+    for (what, shaped, free) in [("egress", out, free_out), ("ingress", inn, free_in)] {
+        assert!(
+            (0.5 * LIMIT_MBPS..=1.3 * LIMIT_MBPS).contains(&shaped),
+            "{what}: {shaped:.1} Mbit/s is not near the {LIMIT_MBPS} Mbit/s limit"
+        );
+        assert!(
+            free > 3.0 * shaped,
+            "{what}: unshaped {free:.1} Mbit/s is not well above shaped {shaped:.1}"
+        );
+    }
+
+    // The guard still runs first, in front of bandwidth's ingress filter
+    // (strict reverse-path filtering off, so only the guard can drop).
+    let own = ipv4_of(&r1);
+    n.node.ok(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{host}.rp_filter=0"
+    ));
+    pod.ok("ip addr add 10.244.1.60/32 dev eth0");
+    let rx = n
+        .ext
+        .run(|| std::net::UdpSocket::bind(SocketAddr::new(EXT_V4.parse().unwrap(), 5353)).unwrap());
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    for (src, payload) in [("10.244.1.60", b"spoofed"), (own.as_str(), b"genuine")] {
+        let src: std::net::IpAddr = src.parse().unwrap();
+        pod.run(|| {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
+            s.send_to(payload, SocketAddr::new(EXT_V4.parse().unwrap(), 5353))
+                .unwrap();
+        });
+    }
+    let mut buf = [0u8; 16];
+    let (len, from) = rx.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..len],
+        b"genuine",
+        "a spoofed datagram got through from {from}"
+    );
+    rx.set_nonblocking(true).unwrap();
+    assert!(
+        rx.recv_from(&mut buf).is_err(),
+        "more than the genuine datagram arrived"
+    );
+
+    chain_step(&n, "tabby", "CHECK", &pod, tabby.clone(), Some(&r2)).expect_ok();
+    chain_step(&n, "bandwidth", "DEL", &pod, bandwidth, Some(&r2)).expect_ok();
+    chain_step(&n, "tabby", "DEL", &pod, tabby, Some(&r2)).expect_ok();
+    n.assert_clean();
+}

@@ -540,3 +540,193 @@ fn the_agents_settings_bound_the_wait_and_may_fail_open() {
     n.cni("DEL", "w1", Some(&pod.path()), &conf).expect_ok();
     n.assert_clean();
 }
+
+/// Where tabby's guard sits on a host end: (a clsact qdisc exists, the
+/// number of programs at its TCX ingress).
+fn guard_hooks(n: &Node, host: &str) -> (bool, usize) {
+    use tabby_sys::bpf;
+    let qdiscs = n.node.ok(&format!("tc qdisc show dev {host}"));
+    let index = host_index(n, host);
+    let tcx = n
+        .node
+        .run(|| bpf::prog_query(index, bpf::BPF_TCX_INGRESS).unwrap());
+    (qdiscs.contains("clsact"), tcx.len())
+}
+
+fn host_index(n: &Node, host: &str) -> u32 {
+    n.node
+        .ok(&format!("cat /sys/class/net/{host}/ifindex"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// ADDs pod `cid` with `conf`, checks where the guard went, that spoofing
+/// is dropped and CHECK passes, then DELs it and checks nothing is left.
+fn add_check_del_with_guard_on(n: &Node, cid: &str, conf: &serde_json::Value, want_tcx: bool) {
+    let pod = Netns::new(cid);
+    let res = n.cni("ADD", cid, Some(&pod.path()), conf).expect_ok();
+    let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let want = if want_tcx { (false, 1) } else { (true, 0) };
+    assert_eq!(
+        guard_hooks(n, &host),
+        want,
+        "(clsact qdisc, TCX programs) on {host} for {conf}"
+    );
+    assert_spoofing_dropped(n, &host, &pod, &ipv4_of(&res), "10.244.1.62");
+    let mut check = conf.clone();
+    check["prevResult"] = res;
+    n.cni("CHECK", cid, Some(&pod.path()), &check).expect_ok();
+    n.cni("DEL", cid, Some(&pod.path()), conf).expect_ok();
+    n.assert_clean();
+}
+
+/// A datagram from the pod's own address reaches the router beyond the
+/// uplink; one from `spoofed` (added to the pod's interface) does not.
+/// Strict reverse-path filtering is off meanwhile, so that only the guard
+/// stands in the way.
+fn assert_spoofing_dropped(n: &Node, host: &str, pod: &Netns, own: &str, spoofed: &str) {
+    n.node.ok(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{host}.rp_filter=0"
+    ));
+    pod.ok(&format!("ip addr add {spoofed}/32 dev eth0"));
+    let rx = n
+        .ext
+        .run(|| UdpSocket::bind(SocketAddr::new(EXT_V4.parse().unwrap(), 5354)).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for (src, payload) in [(spoofed, b"spoofed"), (own, b"genuine")] {
+        let src: std::net::IpAddr = src.parse().unwrap();
+        pod.run(|| {
+            let s = UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
+            s.send_to(payload, SocketAddr::new(EXT_V4.parse().unwrap(), 5354))
+                .unwrap();
+        });
+    }
+    let mut buf = [0u8; 16];
+    let (len, from) = rx.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..len],
+        b"genuine",
+        "a spoofed datagram got through from {from}"
+    );
+    rx.set_nonblocking(true).unwrap();
+    assert!(
+        rx.recv_from(&mut buf).is_err(),
+        "more than the genuine datagram arrived"
+    );
+    pod.ok(&format!("ip addr del {spoofed}/32 dev eth0"));
+    n.node
+        .ok(&format!("sysctl -qw net.ipv4.conf.{host}.rp_filter=1"));
+}
+
+/// CHECK answers 102 with a message containing `needle`.
+fn assert_check_fails(n: &Node, cid: &str, pod: &Netns, conf: &serde_json::Value, needle: &str) {
+    let err = n.cni("CHECK", cid, Some(&pod.path()), conf).expect_err(102);
+    assert!(err["msg"].as_str().unwrap().contains(needle), "{err}");
+}
+
+fn with_egress_shaping(mut conf: serde_json::Value) -> serde_json::Value {
+    conf["capabilities"] = serde_json::json!({"bandwidth": true});
+    conf["runtimeConfig"] = serde_json::json!({"bandwidth": {
+        "ingressRate": 20_000_000, "ingressBurst": 1_000_000,
+        "egressRate": 20_000_000, "egressBurst": 1_000_000
+    }});
+    conf
+}
+
+#[test]
+fn by_default_the_guard_sits_on_clsact_and_moves_to_tcx_only_for_egress_shaping() {
+    let n = Node::new("gauto");
+    add_check_del_with_guard_on(&n, "ga1", &n.conf("1.1.0"), false);
+    // Ingress shaping alone needs no ingress qdisc: clsact stays.
+    let mut ingress_only = n.conf("1.1.0");
+    ingress_only["runtimeConfig"] =
+        serde_json::json!({"bandwidth": {"ingressRate": 20_000_000, "ingressBurst": 1_000_000}});
+    add_check_del_with_guard_on(&n, "ga2", &ingress_only, false);
+    add_check_del_with_guard_on(&n, "ga3", &with_egress_shaping(n.conf("1.1.0")), true);
+}
+
+#[test]
+fn source_guard_tcx_and_clsact_force_their_hook_whatever_the_shaping() {
+    let n = Node::new("gforce");
+    let mut tcx = n.conf("1.1.0");
+    tcx["sourceGuard"] = "tcx".into();
+    add_check_del_with_guard_on(&n, "gf1", &tcx, true);
+    let mut clsact = with_egress_shaping(n.conf("1.1.0"));
+    clsact["sourceGuard"] = "clsact".into();
+    add_check_del_with_guard_on(&n, "gf2", &clsact, false);
+    let mut auto = n.conf("1.1.0");
+    auto["sourceGuard"] = "auto".into();
+    add_check_del_with_guard_on(&n, "gf3", &auto, false);
+}
+
+#[test]
+fn an_unknown_source_guard_is_code_7_naming_the_key_and_touches_nothing() {
+    let n = Node::new("gbad");
+    let pod = Netns::new("gb1");
+    let mut conf = n.conf("1.1.0");
+    conf["sourceGuard"] = "ebpf".into();
+    let err = n.cni("ADD", "gb1", Some(&pod.path()), &conf).expect_err(7);
+    assert!(
+        err["msg"].as_str().unwrap().contains("sourceGuard"),
+        "{err}"
+    );
+    n.assert_clean();
+}
+
+#[test]
+fn check_notices_a_clsact_guard_for_other_addresses_or_none() {
+    let n = Node::new("gcls");
+    let (pod, res) = n.add_pod("gc1");
+    let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let mut conf = n.conf("1.1.0");
+    conf["prevResult"] = res.clone();
+    n.cni("CHECK", "gc1", Some(&pod.path()), &conf).expect_ok();
+    // tabby's filter replaced by a guard for another pod's address.
+    let index = host_index(&n, &host);
+    n.node
+        .run(|| {
+            tabby_sys::Netlink::open().unwrap().install_source_guard(
+                index,
+                &["10.244.1.61".parse().unwrap()],
+                tabby_sys::GuardHook::Clsact,
+            )
+        })
+        .unwrap();
+    assert_check_fails(&n, "gc1", &pod, &conf, "not for the pod");
+    n.node.ok(&format!("tc qdisc del dev {host} clsact"));
+    assert_check_fails(&n, "gc1", &pod, &conf, "source guard");
+    n.del_pod("gc1", &pod);
+    n.assert_clean();
+}
+
+#[test]
+fn the_tcx_source_guard_needs_no_qdisc_and_check_verifies_it() {
+    use tabby_sys::source_guard::{TcxGuard, attach_tcx, tcx_guard};
+    let n = Node::new("tcx");
+    let pod = Netns::new("t1");
+    let mut conf = n.conf("1.1.0");
+    conf["sourceGuard"] = "tcx".into();
+    let res = n.cni("ADD", "t1", Some(&pod.path()), &conf).expect_ok();
+    let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let ips: Vec<std::net::IpAddr> = result_ips(&res)
+        .iter()
+        .map(|i| i.parse().unwrap())
+        .collect();
+    let qdiscs = n.node.ok(&format!("tc qdisc show dev {host}"));
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+    let index = host_index(&n, &host);
+    // The plugin has exited: the device alone holds the program.
+    let state = n.node.run(|| tcx_guard(index, &ips).unwrap());
+    assert_eq!(state, TcxGuard::Current);
+    let mut check = conf.clone();
+    check["prevResult"] = res.clone();
+    n.cni("CHECK", "t1", Some(&pod.path()), &check).expect_ok();
+    // A guard for other addresses put in front of it: CHECK notices.
+    n.node
+        .run(|| attach_tcx(index, &["10.244.1.61".parse().unwrap()]))
+        .unwrap();
+    assert_check_fails(&n, "t1", &pod, &check, "source guard");
+    n.cni("DEL", "t1", Some(&pod.path()), &conf).expect_ok();
+    n.assert_clean();
+}

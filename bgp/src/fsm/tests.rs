@@ -415,3 +415,27 @@ fn a_connection_lost_in_open_sent_goes_active_and_still_accepts_the_peer() {
     assert!(matches!(sent(&a)[..], [(C2, Message::Open(_))]));
     assert_eq!(fsm.state(), State::OpenSent);
 }
+
+#[test]
+fn bfd_down_takes_an_established_session_down_without_graceful_restart_or_automatic_restart() {
+    let mut fsm = Fsm::new(cfg());
+    established(&mut fsm);
+    let a = fsm.handle(Event::BfdDown);
+    assert_eq!(fsm.state(), State::Idle);
+    assert!(a.contains(&Action::Send(
+        C1,
+        Message::Notification(Notification::new(code::CEASE, cease::BFD_DOWN))
+    )));
+    assert!(a.contains(&Action::Close(C1)));
+    assert!(a.contains(&Action::Down(Down {
+        reason: "BFD session down".into(),
+        graceful: false
+    })));
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::StartTimer(Timer::IdleHold, _)))
+    );
+    // Nothing restarts it but a ManualStart (BFD Up again).
+    assert!(fsm.handle(Event::IdleHoldTimerExpires).is_empty());
+    assert!(fsm.handle(Event::ManualStart).contains(&Action::Connect));
+}

@@ -51,6 +51,31 @@ pub const MP_UNREACH: u8 = 15;
 pub const AS4_PATH: u8 = 17;
 /// AS4_AGGREGATOR type code (RFC 6793).
 pub const AS4_AGGREGATOR: u8 = 18;
+/// LARGE_COMMUNITY type code (RFC 8092).
+pub const LARGE_COMMUNITY: u8 = 32;
+
+/// One BGP large community (RFC 8092 §3), `global:local1:local2`.
+///
+/// ```text
+///  0                   1                   2                   3
+///  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |                      Global Administrator                     |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |                       Local Data Part 1                       |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |                       Local Data Part 2                       |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LargeCommunity {
+    /// Global administrator (usually an AS number).
+    pub global: u32,
+    /// Local data part 1.
+    pub local1: u32,
+    /// Local data part 2.
+    pub local2: u32,
+}
 
 /// ORIGIN values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -167,6 +192,8 @@ pub struct PathAttrs {
     pub aggregator: Option<Aggregator>,
     /// COMMUNITIES, in wire order.
     pub communities: Vec<u32>,
+    /// LARGE_COMMUNITY (RFC 8092), in wire order.
+    pub large_communities: Vec<LargeCommunity>,
     /// ORIGINATOR_ID.
     pub originator_id: Option<Ipv4Addr>,
     /// CLUSTER_LIST, leftmost first.
@@ -192,7 +219,9 @@ fn expected_flags(code: u8) -> Option<u8> {
     Some(match code {
         ORIGIN | AS_PATH | NEXT_HOP | LOCAL_PREF | ATOMIC_AGGREGATE => FLAG_TRANSITIVE,
         MED | ORIGINATOR_ID | CLUSTER_LIST | MP_REACH | MP_UNREACH => FLAG_OPTIONAL,
-        AGGREGATOR | COMMUNITIES | AS4_PATH | AS4_AGGREGATOR => FLAG_OPTIONAL | FLAG_TRANSITIVE,
+        AGGREGATOR | COMMUNITIES | AS4_PATH | AS4_AGGREGATOR | LARGE_COMMUNITY => {
+            FLAG_OPTIONAL | FLAG_TRANSITIVE
+        }
         _ => return None,
     })
 }
@@ -297,6 +326,26 @@ pub(crate) fn decode(buf: &[u8], ctx: &Ctx) -> Result<Decoded, DecodeError> {
                     d.attrs.communities = value
                         .chunks_exact(4)
                         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                }
+            }
+            // RFC 8092 §6: a length that is not a non-zero multiple of 12
+            // is treat-as-withdraw.
+            LARGE_COMMUNITY => {
+                if value.is_empty() || value.len() % 12 != 0 {
+                    d.treat_as_withdraw = true;
+                } else {
+                    d.attrs.large_communities = value
+                        .chunks_exact(12)
+                        .map(|c| {
+                            let w =
+                                |i: usize| u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+                            LargeCommunity {
+                                global: w(0),
+                                local1: w(4),
+                                local2: w(8),
+                            }
+                        })
                         .collect();
                 }
             }
@@ -503,6 +552,20 @@ impl PathAttrs {
         if !self.cluster_list.is_empty() {
             let v: Vec<u8> = self.cluster_list.iter().flat_map(|c| c.octets()).collect();
             put(FLAG_OPTIONAL, CLUSTER_LIST, &v);
+        }
+        if !self.large_communities.is_empty() {
+            let v: Vec<u8> = self
+                .large_communities
+                .iter()
+                .flat_map(|c| {
+                    let mut b = [0u8; 12];
+                    b[..4].copy_from_slice(&c.global.to_be_bytes());
+                    b[4..8].copy_from_slice(&c.local1.to_be_bytes());
+                    b[8..].copy_from_slice(&c.local2.to_be_bytes());
+                    b
+                })
+                .collect();
+            put(FLAG_OPTIONAL | FLAG_TRANSITIVE, LARGE_COMMUNITY, &v);
         }
         // A 2-octet peer needs AS4_PATH to learn the real ASes behind AS_TRANS.
         if !four

@@ -33,6 +33,8 @@ pub mod cease {
     pub const CONNECTION_REJECTED: u8 = 5;
     /// Connection Collision Resolution.
     pub const COLLISION: u8 = 7;
+    /// BFD Down (RFC 9384).
+    pub const BFD_DOWN: u8 = 10;
 }
 
 /// Why a message could not be accepted. Every variant maps to the

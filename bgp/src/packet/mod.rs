@@ -21,7 +21,7 @@ pub mod notification;
 pub mod open;
 pub mod update;
 
-pub use attribute::{AsPath, AsSegment, Origin, PathAttrs, RawAttr};
+pub use attribute::{AsPath, AsSegment, LargeCommunity, Origin, PathAttrs, RawAttr};
 pub use error::DecodeError;
 pub use notification::{Notification, RouteRefresh};
 pub use open::{Capability, GrFamily, Open};

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net};
 use proptest::prelude::*;
 
-use super::attribute::{Aggregator, RawAttr};
+use super::attribute::{Aggregator, LargeCommunity, RawAttr};
 use super::*;
 
 /// Parses a hex string, ignoring whitespace.
@@ -194,6 +194,54 @@ fn update_announcing_two_ipv4_prefixes() {
         ..Update::default()
     };
     both_ways(&bytes, &Message::Update(update));
+}
+
+#[test]
+fn update_with_standard_and_large_communities() {
+    // 65000:100 and 65000:1 (RFC 1997), then 65000:1:2 (RFC 8092).
+    let bytes = hex(&format!(
+        "{MARKER} 0049 02 0000 002e
+         40 01 01 00
+         40 02 06 02 01 0000fdea
+         40 03 04 c0000202
+         c0 08 08 fde80064 fde80001
+         c0 20 0c 0000fde8 00000001 00000002
+         18 0a0101"
+    ));
+    let update = Update {
+        attrs: Some(PathAttrs {
+            as_path: AsPath {
+                segments: vec![AsSegment::Sequence(vec![65002])],
+            },
+            next_hop: Some(Ipv4Addr::new(192, 0, 2, 2)),
+            communities: vec![0xfde8_0064, 0xfde8_0001],
+            large_communities: vec![LargeCommunity {
+                global: 65000,
+                local1: 1,
+                local2: 2,
+            }],
+            ..PathAttrs::default()
+        }),
+        nlri: vec![v4("10.1.1.0/24")],
+        ..Update::default()
+    };
+    both_ways(&bytes, &Message::Update(update));
+}
+
+#[test]
+fn a_large_community_not_a_multiple_of_12_octets_is_treat_as_withdraw() {
+    let u = decode_update(
+        &format!("{ORIGIN_IGP} {EMPTY_PATH} {NH} c0 20 0b 0000fde8 00000001 000000"),
+        "18 0a0101",
+    )
+    .unwrap();
+    assert!(u.treat_as_withdraw);
+    let u = decode_update(
+        &format!("{ORIGIN_IGP} {EMPTY_PATH} {NH} c0 20 00"),
+        "18 0a0101",
+    )
+    .unwrap();
+    assert!(u.treat_as_withdraw);
 }
 
 #[test]
@@ -585,9 +633,10 @@ fn arb_attrs() -> impl Strategy<Value = PathAttrs> {
         proptest::collection::vec(any::<u32>(), 0..4),
         proptest::option::of(any::<u32>()),
         proptest::collection::vec(any::<u32>(), 0..3),
+        proptest::collection::vec(any::<(u32, u32, u32)>(), 0..3),
     )
         .prop_map(
-            |(origin, segs, nh, med, lp, atomic, comms, orig, clusters)| PathAttrs {
+            |(origin, segs, nh, med, lp, atomic, comms, orig, clusters, large)| PathAttrs {
                 origin,
                 as_path: AsPath { segments: segs },
                 next_hop: nh.map(Ipv4Addr::from),
@@ -596,6 +645,14 @@ fn arb_attrs() -> impl Strategy<Value = PathAttrs> {
                 atomic_aggregate: atomic,
                 aggregator: None,
                 communities: comms,
+                large_communities: large
+                    .into_iter()
+                    .map(|(global, local1, local2)| LargeCommunity {
+                        global,
+                        local1,
+                        local2,
+                    })
+                    .collect(),
                 originator_id: orig.map(Ipv4Addr::from),
                 cluster_list: clusters.into_iter().map(Ipv4Addr::from).collect(),
                 unknown: vec![],

@@ -714,3 +714,191 @@ fn a_local_only_peer_gets_our_prefixes_but_nothing_learned() {
     let prefixes: Vec<IpNet> = ann.iter().map(|a| a.0).collect();
     assert_eq!(prefixes, vec![net("10.1.0.0/26")]);
 }
+
+mod policy {
+    use super::*;
+    use crate::policy::{
+        Action, ExportPolicy, External, ImportPolicy, MatchOperator, Members, PeerPolicy,
+        PrefixCommunities, RejectReason, Rule,
+    };
+
+    fn external(allow_default_route: bool) -> PeerPolicy {
+        PeerPolicy {
+            import: ImportPolicy::External(Arc::new(External {
+                protected: vec![(net("10.244.0.0/16"), RejectReason::PodSpace)],
+                allow_default_route,
+                rules: vec![],
+            })),
+            ..PeerPolicy::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_prefix_never_reaches_the_loc_rib_and_is_reported_once() {
+        let mut rib = rib();
+        rib.set_policy(1, external(false));
+        rib.peer_up(1, peer(2, 65002, false));
+        for _ in 0..2 {
+            announce(&mut rib, 1, "0.0.0.0/0", [192, 0, 2, 2], path(&[65002]));
+            announce(&mut rib, 1, "10.244.3.0/24", [192, 0, 2, 2], path(&[65002]));
+        }
+        announce(
+            &mut rib,
+            1,
+            "192.0.2.128/25",
+            [192, 0, 2, 2],
+            path(&[65002]),
+        );
+        assert_eq!(
+            rib.take_changes()
+                .into_iter()
+                .map(|c| c.prefix)
+                .collect::<Vec<_>>(),
+            vec![net("192.0.2.128/25")]
+        );
+        let refusals: Vec<(IpNet, RejectReason)> = rib
+            .take_refusals()
+            .into_iter()
+            .map(|r| (r.prefix, r.reason))
+            .collect();
+        assert_eq!(
+            refusals,
+            vec![
+                (net("0.0.0.0/0"), RejectReason::DefaultRoute),
+                (net("10.244.3.0/24"), RejectReason::PodSpace)
+            ]
+        );
+        let c = rib.counts(1);
+        assert_eq!((c.received, c.accepted, c.filtered), (3, 1, 2));
+        withdraw(&mut rib, 1, "0.0.0.0/0");
+        assert_eq!(rib.counts(1).filtered, 1);
+    }
+
+    #[test]
+    fn a_policy_change_lets_kept_routes_in_and_takes_refused_ones_out() {
+        let mut rib = rib();
+        rib.set_policy(1, external(false));
+        rib.peer_up(1, peer(2, 65002, false));
+        announce(&mut rib, 1, "0.0.0.0/0", [192, 0, 2, 2], path(&[65002]));
+        assert!(rib.take_changes().is_empty());
+        rib.set_policy(1, external(true));
+        assert_eq!(nh(&rib, "0.0.0.0/0"), vec![ip([192, 0, 2, 2])]);
+        assert_eq!(rib.take_changes().len(), 1);
+        rib.set_policy(1, external(false));
+        assert!(nh(&rib, "0.0.0.0/0").is_empty());
+        assert_eq!(
+            rib.take_changes(),
+            vec![BestChange {
+                prefix: net("0.0.0.0/0"),
+                next_hops: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_member_is_judged_by_the_originator_of_a_reflected_route() {
+        let mut rib = rib();
+        let mut blocks = HashMap::new();
+        blocks.insert(ip([10, 0, 0, 5]), vec![net("10.244.5.0/24")]);
+        blocks.insert(ip([192, 0, 2, 2]), vec![net("10.244.2.0/24")]);
+        rib.set_policy(
+            1,
+            PeerPolicy {
+                import: ImportPolicy::Members(Arc::new(Members { blocks })),
+                ..PeerPolicy::default()
+            },
+        );
+        rib.peer_up(1, peer(2, LOCAL_AS, false));
+        announce(&mut rib, 1, "10.244.2.0/24", [192, 0, 2, 2], path(&[]));
+        let mut reflected = path(&[]);
+        reflected.originator_id = Some(Ipv4Addr::new(10, 0, 0, 5));
+        announce(
+            &mut rib,
+            1,
+            "10.244.5.0/24",
+            [10, 0, 0, 5],
+            reflected.clone(),
+        );
+        announce(
+            &mut rib,
+            1,
+            "10.244.5.7/32",
+            [10, 0, 0, 5],
+            reflected.clone(),
+        );
+        // The RR itself does not hold the originator's block, and the
+        // originator does not hold the RR's.
+        announce(&mut rib, 1, "10.244.2.0/24", [10, 0, 0, 5], reflected);
+        assert_eq!(rib.counts(1).accepted, 2);
+        assert_eq!(rib.counts(1).filtered, 1);
+        announce(&mut rib, 1, "10.244.5.0/25", [192, 0, 2, 2], path(&[]));
+        assert_eq!(rib.counts(1).filtered, 2);
+    }
+
+    #[test]
+    fn routes_of_a_peer_that_must_not_be_readvertised_stay_here() {
+        let mut rib = rib();
+        rib.set_policy(
+            1,
+            PeerPolicy {
+                readvertise: false,
+                ..PeerPolicy::default()
+            },
+        );
+        rib.peer_up(1, peer(2, 65002, false));
+        rib.peer_up(2, peer(3, LOCAL_AS, false));
+        rib.take_exports();
+        announce(
+            &mut rib,
+            1,
+            "192.0.2.128/25",
+            [192, 0, 2, 2],
+            path(&[65002]),
+        );
+        rib.announce_local(net("10.244.1.0/24"));
+        assert_eq!(nh(&rib, "192.0.2.128/25"), vec![ip([192, 0, 2, 2])]);
+        let (ann, _) = exports_to(&mut rib, 2);
+        assert_eq!(
+            ann.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            vec![net("10.244.1.0/24")]
+        );
+    }
+
+    #[test]
+    fn export_rules_and_communities_shape_what_a_peer_is_sent() {
+        let mut rib = rib();
+        rib.set_local_communities(vec![PrefixCommunities {
+            cidr: net("10.244.0.0/16"),
+            communities: vec!["65000:100".parse().unwrap(), "65000:1:2".parse().unwrap()],
+        }]);
+        rib.set_policy(
+            1,
+            PeerPolicy {
+                export: Arc::new(ExportPolicy {
+                    rules: vec![Rule {
+                        cidr: net("10.96.0.0/12"),
+                        operator: MatchOperator::In,
+                        prefix_length: None,
+                        action: Action::Reject,
+                    }],
+                }),
+                ..PeerPolicy::default()
+            },
+        );
+        rib.peer_up(1, peer(2, 65002, false));
+        rib.take_exports();
+        rib.announce_local(net("10.244.1.0/24"));
+        rib.announce_local(net("10.96.0.0/12"));
+        let (ann, _) = exports_to(&mut rib, 1);
+        assert_eq!(ann.len(), 1);
+        let (p, a) = &ann[0];
+        assert_eq!(*p, net("10.244.1.0/24"));
+        assert_eq!(a.communities, vec![0xfde8_0064]);
+        assert_eq!(a.large_communities.len(), 1);
+        // New communities go out again with the same prefix.
+        rib.set_local_communities(vec![]);
+        let (ann, _) = exports_to(&mut rib, 1);
+        assert_eq!(ann.len(), 1);
+        assert!(ann[0].1.communities.is_empty());
+    }
+}

@@ -284,6 +284,81 @@ impl Lab {
         frr
     }
 
+    /// Starts FRR's bfdd (no zebra) in `short` with config text. bfdd
+    /// drops to the `frr` user (it has no option to stay root), so its
+    /// directory belongs to `frr` and the lab's temp dir is opened for
+    /// traversal.
+    pub fn bfdd(&mut self, short: &str, label: &str, conf: &str) -> Bfdd {
+        require("/usr/lib/frr/bfdd", "frr");
+        require("vtysh", "frr");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = self.path(label);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf_path = dir.join("bfdd.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        sh(&["chown", "-R", "frr:frr", dir.to_str().unwrap()]);
+        let d = dir.to_str().unwrap().to_string();
+        self.spawn(
+            short,
+            label,
+            &[
+                "/usr/lib/frr/bfdd",
+                "-f",
+                conf_path.to_str().unwrap(),
+                "-i",
+                &format!("{d}/bfdd.pid"),
+                "--vty_socket",
+                &d,
+                "--bfdctl",
+                &format!("{d}/bfdd.sock"),
+                "-z",
+                &format!("{d}/no-zebra"),
+                "-P",
+                "0",
+                "--log",
+                "stdout",
+            ],
+        );
+        let b = Bfdd { dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b.cmd("show bfd peers").contains("BFD Peers") {
+            assert!(
+                Instant::now() < deadline,
+                "bfdd {label} did not start: {}",
+                self.log(label)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        b
+    }
+
+    /// Loads an nftables script (`nft -f -`) in namespace `short`, never
+    /// in the root namespace.
+    pub fn nft(&self, short: &str, script: &str) {
+        use std::io::Write;
+        require("nft", "nftables");
+        let ns = self.ns_name(short);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts gobgpd in `short` with TOML config text; its API listens on
     /// 127.0.0.1:50051 inside the namespace.
     pub fn gobgp(&mut self, short: &str, label: &str, conf: &str) -> Gobgp {
@@ -463,6 +538,36 @@ impl Frr {
     }
 }
 
+/// A running FRR bfdd.
+pub struct Bfdd {
+    pub dir: PathBuf,
+}
+
+impl Bfdd {
+    /// Runs a vtysh command against this bfdd.
+    pub fn cmd(&self, c: &str) -> String {
+        sh_lossy(&[
+            "vtysh",
+            "--vty_socket",
+            self.dir.to_str().unwrap(),
+            "-d",
+            "bfdd",
+            "-c",
+            c,
+        ])
+    }
+
+    /// The status (`up`, `down`, `init`, ...) of the session with `peer`.
+    pub fn peer_status(&self, peer: &str) -> String {
+        let j: serde_json::Value =
+            serde_json::from_str(&self.cmd("show bfd peers json")).unwrap_or_default();
+        j.as_array()
+            .and_then(|a| a.iter().find(|p| p["peer"] == peer))
+            .and_then(|p| p["status"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
 /// A running gobgpd.
 pub struct Gobgp {
     pub ns: String,
@@ -513,5 +618,12 @@ impl Tabby {
     /// Whether the session with `peer` is Established.
     pub fn established(&self, peer: &str) -> bool {
         self.state(peer) == "Established"
+    }
+
+    /// The BFD state (`Up`, `Down`, `AdminDown`) of the session with `peer`.
+    pub fn bfd_state(&self, peer: &str) -> String {
+        self.peer(peer)
+            .and_then(|p| p["bfd"]["state"].as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 }

@@ -171,13 +171,19 @@ fn main() {
             .flat_map(|ns| (0..POLICIES_PER_NS).map(move |k| Object::NetworkPolicy(Box::new(policy(ns, k)))))
             .collect();
         let t = Instant::now();
+        // Every kind listed once (`Kind::ALL`), or the agent never counts
+        // as synced and nothing is programmed.
         fx.settle(
             &mut agent,
             Input::Datastore(vec![
                 Event::Reset(Kind::Namespace, namespaces),
                 Event::Reset(Kind::Node, vec![]),
                 Event::Reset(Kind::BgpConfiguration, vec![]),
+                Event::Reset(Kind::Secret, vec![]),
                 Event::Reset(Kind::BgpPeer, vec![]),
+                Event::Reset(Kind::BgpFilter, vec![]),
+                Event::Reset(Kind::Service, vec![]),
+                Event::Reset(Kind::EndpointSlice, vec![]),
                 Event::Reset(Kind::Pod, Vec::new()),
             ]),
         );

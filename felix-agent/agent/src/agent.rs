@@ -23,23 +23,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod, PodIP};
 use tabby_common::agent::{AgentRequest, AgentResponse};
 use tabby_common::endpoint::{EndpointRecord, RecordFile, record_file_name};
 use tabby_common::naming::HostIface;
-use tabby_crds::{BGPConfigurationSpec, BGPPeerSpec};
+use tabby_crds::{BGPConfigurationSpec, BGPPeerSpec, Filter};
 use tabby_policy::{EndpointPolicy, PodKey, PolicyIndex, PortTriple, SetName};
 use tracing::{debug, info, info_span, warn};
 
 use crate::admission::{self, EndpointSnapshot, Links, Refusal};
 use crate::bgp::{BgpIntent, PeerIntent};
+use crate::bgp_policy::{self, PeerKind};
 use crate::dataplane::{
     Applied, DataplaneChange, EndpointChange, SetChange, SetMembers, SetRef, set_refs,
 };
-use crate::datastore::{Event, Kind, Object, ObjectRef};
+use crate::datastore::{Event, Kind, Object, ObjectRef, Progress};
+use crate::peer_secrets::PeerSecrets;
 use crate::routes::{DesiredRoutes, EndpointRoute, RouteReport};
+use crate::service_routes::ServiceIndex;
 
 pub use crate::driver::{Request, run};
 
@@ -192,6 +196,8 @@ pub struct Status {
     pub pods: usize,
     /// Ready, blocks known and the routes installed.
     pub network_ready: bool,
+    /// Each watched kind's position, as of the last programming.
+    pub datastore: BTreeMap<Kind, Progress>,
 }
 
 impl Status {
@@ -205,6 +211,12 @@ impl Status {
             "endpoints": self.endpoints,
             "blocks": self.blocks.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "bgp": bgp,
+            "datastore": self.datastore.values().map(|p| {
+                (format!("{:?}", p.kind), serde_json::json!({
+                    "resourceVersion": p.resource_version,
+                    "objects": p.objects,
+                }))
+            }).collect::<serde_json::Map<_, _>>(),
         })
     }
 }
@@ -254,12 +266,24 @@ pub struct Agent {
     bgp_config: Option<BGPConfigurationSpec>,
     /// BGPPeer objects by name.
     bgp_peers: BTreeMap<String, BGPPeerSpec>,
+    /// The Secrets of the agent's namespace (BGP passwords).
+    peer_secrets: PeerSecrets,
+    /// Every node's blocks (podCIDRs), for the BGP import policy.
+    node_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// Valid BGPFilter objects by name, parsed.
+    bgp_filters: BTreeMap<String, Filter>,
+    /// Services and EndpointSlices, for `externalTrafficPolicy: Local`.
+    services: ServiceIndex,
     /// Routes must be reconciled at the next tick (endpoints or blocks
     /// changed) rather than within the periodic 10 s.
     routes_dirty: bool,
     routes_ok: bool,
     barrier_seen: Option<u64>,
     barrier_done: Option<u64>,
+    /// The watches' positions delivered, and the ones programmed (reported
+    /// like the barrier: only once what came before is live).
+    progress_seen: BTreeMap<Kind, Progress>,
+    progress_done: BTreeMap<Kind, Progress>,
     ticks: u64,
     last_status: Option<Status>,
     last_bgp: Option<(Ipv4Addr, BgpIntent)>,
@@ -287,11 +311,13 @@ fn key_of(pod: &Pod) -> PodKey {
     tabby_policy::pod_key(pod).unwrap_or_else(|| PodKey::new("default", ""))
 }
 
+/// An object's namespace (`default` when the reference has none).
+fn ns_of(r: &ObjectRef) -> String {
+    r.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
 fn ref_key(r: &ObjectRef) -> PodKey {
-    PodKey::new(
-        r.namespace.clone().unwrap_or_else(|| "default".into()),
-        r.name.clone(),
-    )
+    PodKey::new(ns_of(r), r.name.clone())
 }
 
 /// The span of one object's changes, keyed by its reference.
@@ -348,10 +374,16 @@ impl Agent {
             nodes: BTreeMap::new(),
             bgp_config: None,
             bgp_peers: BTreeMap::new(),
+            peer_secrets: PeerSecrets::default(),
+            node_blocks: BTreeMap::new(),
+            bgp_filters: BTreeMap::new(),
+            services: ServiceIndex::default(),
             routes_dirty: false,
             routes_ok: false,
             barrier_seen: None,
             barrier_done: None,
+            progress_seen: BTreeMap::new(),
+            progress_done: BTreeMap::new(),
             ticks: 0,
             last_status: None,
             last_bgp: None,
@@ -468,6 +500,23 @@ impl Agent {
         }
     }
 
+    /// What the agent reports about itself now.
+    pub fn status(&self) -> Status {
+        let s = self.index.stats();
+        Status {
+            node: self.cfg.node_name.clone(),
+            ready: self.ready(),
+            barrier: self.barrier_done,
+            endpoints: self.endpoints.len(),
+            blocks: self.blocks.clone(),
+            policies: s.policies,
+            sets: s.ip_sets + s.port_sets,
+            pods: s.pods,
+            network_ready: self.ready() && self.routes_ok && !self.blocks.is_empty(),
+            datastore: self.progress_done.clone(),
+        }
+    }
+
     /// Status and BGP intent, when they changed.
     fn publish(&mut self, out: &mut Vec<Output>) {
         if let Some(port) = self.cfg.bgp_port
@@ -478,18 +527,7 @@ impl Agent {
             self.last_bgp = Some((router_id, intent.clone()));
             out.push(Output::Bgp { router_id, intent });
         }
-        let s = self.index.stats();
-        let status = Status {
-            node: self.cfg.node_name.clone(),
-            ready: self.ready(),
-            barrier: self.barrier_done,
-            endpoints: self.endpoints.len(),
-            blocks: self.blocks.clone(),
-            policies: s.policies,
-            sets: s.ip_sets + s.port_sets,
-            pods: s.pods,
-            network_ready: self.ready() && self.routes_ok && !self.blocks.is_empty(),
-        };
+        let status = self.status();
         if self.last_status.as_ref() != Some(&status) {
             self.last_status = Some(status.clone());
             out.push(Output::Status(status));
@@ -558,6 +596,7 @@ impl Agent {
             Kind::Node => {
                 let keep: BTreeSet<&str> = keep.iter().map(|r| r.name.as_str()).collect();
                 self.nodes.retain(|n, _| keep.contains(n.as_str()));
+                self.node_blocks.retain(|n, _| keep.contains(n.as_str()));
             }
             Kind::BgpConfiguration => {
                 if !keep.iter().any(|r| r.name == "default") {
@@ -567,6 +606,23 @@ impl Agent {
             Kind::BgpPeer => {
                 let keep: BTreeSet<&str> = keep.iter().map(|r| r.name.as_str()).collect();
                 self.bgp_peers.retain(|n, _| keep.contains(n.as_str()));
+            }
+            Kind::Secret => {
+                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
+                self.peer_secrets.retain(&keep);
+            }
+            Kind::BgpFilter => {
+                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
+                self.bgp_filters.retain(|n, _| keep.contains(n));
+            }
+            Kind::Service | Kind::EndpointSlice => {
+                let keep: BTreeSet<(String, String)> =
+                    keep.iter().map(|r| (ns_of(r), r.name.clone())).collect();
+                if kind == Kind::Service {
+                    self.services.retain_services(&keep);
+                } else {
+                    self.services.retain_slices(&keep);
+                }
             }
         }
     }
@@ -610,7 +666,13 @@ impl Agent {
                     })
                     .collect(),
             ),
-            Kind::Node | Kind::BgpConfiguration | Kind::BgpPeer => {
+            Kind::Node
+            | Kind::BgpConfiguration
+            | Kind::BgpPeer
+            | Kind::Secret
+            | Kind::BgpFilter
+            | Kind::Service
+            | Kind::EndpointSlice => {
                 let refs: Vec<ObjectRef> = objects.iter().map(Object::reference).collect();
                 self.retain(kind, &refs);
                 for o in objects {
@@ -630,21 +692,59 @@ impl Agent {
             Object::NetworkPolicy(np) => self.index.apply_policy(*np),
             Object::Node(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
-                self.nodes.insert(name, node_address(&n));
+                self.nodes.insert(name.clone(), node_address(&n));
+                self.node_blocks.insert(name, bgp_policy::pod_cidrs(&n));
                 self.node_changed(&n, out);
             }
             Object::BgpConfiguration(c) => {
                 // Only `default` applies, as with Calico; others are
                 // reserved (per-node overrides) and ignored.
                 if c.metadata.name.as_deref() == Some("default") {
-                    self.bgp_config = Some(c.spec);
+                    if let Some(Err(e)) = c
+                        .spec
+                        .node_to_node_mesh_bfd
+                        .as_ref()
+                        .map(|b| crate::bgp::bfd_config("spec.nodeToNodeMeshBFD", b))
+                    {
+                        warn!(error = %e, "refusing BGPConfiguration default: keeping the previous one");
+                        return;
+                    }
+                    match c.spec.advertisements() {
+                        Ok(_) => self.bgp_config = Some(c.spec),
+                        Err(e) => {
+                            warn!(error = %e, "refusing the BGPConfiguration; the previous one stays");
+                        }
+                    }
                 } else {
                     debug!("ignoring a BGPConfiguration not named `default`");
                 }
             }
             Object::BgpPeer(p) => {
                 let name = p.metadata.name.clone().unwrap_or_default();
+                if let Some(Err(e)) = p
+                    .spec
+                    .bfd
+                    .as_ref()
+                    .map(|b| crate::bgp::bfd_config("spec.bfd", b))
+                {
+                    warn!(peer = %name, error = %e, "refusing BGPPeer: keeping the previous version");
+                    return;
+                }
                 self.bgp_peers.insert(name, p.spec);
+            }
+            Object::Secret(s) => self.peer_secrets.apply(*s),
+            Object::Service(s) => self.services.apply_service(&s),
+            Object::EndpointSlice(e) => self.services.apply_slice(&e),
+            Object::BgpFilter(f) => {
+                let name = f.metadata.name.clone().unwrap_or_default();
+                match f.spec.parse() {
+                    Ok(parsed) => {
+                        self.bgp_filters.insert(name, parsed);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "refusing the BGPFilter; the previous version stays");
+                    }
+                }
             }
         }
     }
@@ -663,6 +763,7 @@ impl Agent {
             }
             Kind::Node => {
                 self.nodes.remove(&r.name);
+                self.node_blocks.remove(&r.name);
             }
             Kind::BgpConfiguration => {
                 if r.name == "default" {
@@ -672,6 +773,12 @@ impl Agent {
             Kind::BgpPeer => {
                 self.bgp_peers.remove(&r.name);
             }
+            Kind::Secret => self.peer_secrets.remove(&r.name),
+            Kind::BgpFilter => {
+                self.bgp_filters.remove(&r.name);
+            }
+            Kind::Service => self.services.delete_service(&ns_of(r), &r.name),
+            Kind::EndpointSlice => self.services.delete_slice(&ns_of(r), &r.name),
         }
     }
 
@@ -702,6 +809,9 @@ impl Agent {
                 self.forget(&r);
             }
             Event::Barrier(n) => self.barrier_seen = Some(n),
+            Event::Progress(p) => {
+                self.progress_seen.insert(p.kind, p);
+            }
         }
     }
 
@@ -877,8 +987,8 @@ impl Agent {
         self.dirty.clear();
         self.retry = false;
         if change.is_empty() {
-            if self.in_flight.is_empty() && self.ready() {
-                self.barrier_done = self.barrier_seen;
+            if self.in_flight.is_empty() {
+                self.barrier_reached();
             }
             return None;
         }
@@ -890,6 +1000,15 @@ impl Agent {
             ..change
         }));
         Some(generation)
+    }
+
+    /// Everything delivered so far is programmed: the last barrier and the
+    /// watches' positions seen become the ones reported (only once ready).
+    fn barrier_reached(&mut self) {
+        if self.ready() {
+            self.barrier_done = self.barrier_seen;
+            self.progress_done.clone_from(&self.progress_seen);
+        }
     }
 
     /// The policy of one local endpoint.
@@ -1113,9 +1232,7 @@ impl Agent {
         match result {
             Ok(_) => {
                 if self.in_flight.is_empty() {
-                    if self.ready() {
-                        self.barrier_done = self.barrier_seen;
-                    }
+                    self.barrier_reached();
                     let (done, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
                         .into_iter()
                         .partition(|(g, _)| *g <= generation);
@@ -1167,6 +1284,26 @@ impl Agent {
             .as_ref()
             .map_or(self.cfg.asn, |c| c.as_number);
         let mesh_on = self.bgp_config.as_ref().is_none_or(|c| c.node_to_node_mesh);
+        // Checked when the objects came in: errors cannot happen here.
+        let mesh_bfd = self
+            .bgp_config
+            .as_ref()
+            .and_then(|c| c.node_to_node_mesh_bfd.as_ref())
+            .and_then(|b| crate::bgp::bfd_config("spec.nodeToNodeMeshBFD", b).ok());
+        let cluster = bgp_policy::Cluster {
+            asn,
+            nodes: &self.nodes,
+            node_blocks: &self.node_blocks,
+            filters: &self.bgp_filters,
+        };
+        // Validated when the object was taken.
+        let adv = self
+            .bgp_config
+            .as_ref()
+            .and_then(|c| c.advertisements().ok())
+            .unwrap_or_default();
+        let members = Arc::new(cluster.members());
+        let mesh_policy = bgp_policy::Cluster::cluster_policy(&members, &adv.service_cidrs);
         let mut peers: BTreeMap<IpAddr, PeerIntent> = BTreeMap::new();
         if mesh_on {
             for (name, ip) in &self.nodes {
@@ -1182,6 +1319,8 @@ impl Agent {
                             password: None,
                             rr_client: false,
                             mesh: true,
+                            bfd: mesh_bfd,
+                            policy: mesh_policy.clone(),
                         },
                     );
                 }
@@ -1201,6 +1340,25 @@ impl Agent {
             if self.nodes.get(&self.cfg.node_name) == Some(&Some(address)) {
                 continue;
             }
+            let password = match self.peer_secrets.resolve(p.password.as_ref()) {
+                Ok(pw) => pw,
+                Err(e) => {
+                    // Peering without the key the admin asked for would be
+                    // refused by the peer anyway.
+                    warn!(peer = %name, error = %e, "not peering until the BGPPeer's password can be read");
+                    continue;
+                }
+            };
+            let policy = match cluster.kind_of(p, address) {
+                PeerKind::Cluster => mesh_policy.clone(),
+                PeerKind::External => {
+                    let (policy, missing) = cluster.external_policy(p);
+                    if !missing.is_empty() {
+                        warn!(peer = %name, ?missing, "BGPPeer refers to BGPFilters that do not exist: accepting nothing from it");
+                    }
+                    policy
+                }
+            };
             // An explicit peer wins over the mesh entry for the same
             // address (say, a node that is also a route reflector).
             peers.insert(
@@ -1209,18 +1367,30 @@ impl Agent {
                     address,
                     asn: p.as_number,
                     port: 179,
-                    password: p.password.clone().filter(|s| !s.is_empty()),
+                    password,
                     rr_client: p.route_reflector_client,
                     mesh: false,
+                    bfd: p
+                        .bfd
+                        .as_ref()
+                        .and_then(|b| crate::bgp::bfd_config("spec.bfd", b).ok()),
+                    policy,
                 },
             );
         }
+        let mut announce = self.blocks.clone();
+        announce.extend(
+            self.services
+                .host_routes(&self.cfg.node_name, &adv.service_cidrs),
+        );
+        announce.extend(adv.service_cidrs);
         Some((
             router_id,
             BgpIntent {
                 asn,
-                announce: self.blocks.clone(),
+                announce,
                 peers: peers.into_values().collect(),
+                communities: adv.communities,
             },
         ))
     }
@@ -1283,7 +1453,7 @@ status: {addresses: [{type: InternalIP, address: 10.0.0.3}]}
                     p.asn,
                     p.mesh,
                     p.rr_client,
-                    p.password.clone(),
+                    p.password.as_ref().map(|p| p.expose().to_string()),
                 )
             })
             .collect()
@@ -1410,5 +1580,45 @@ spec: {peerIP: "10.0.0.300", asNumber: 65000}
         let status = a.last_status.clone().unwrap();
         assert_eq!(status.barrier, None);
         assert!(!status.ready);
+    }
+
+    #[test]
+    fn bfd_settings_reach_the_bgp_intent_and_bad_ones_keep_the_previous_object() {
+        let mut a = agent("n1");
+        feed(&mut a, NODES);
+        let bfd = |a: &Agent, addr: &str| {
+            a.bgp_intent(1179)
+                .unwrap()
+                .1
+                .peers
+                .into_iter()
+                .find(|p| p.address.to_string() == addr)
+                .unwrap()
+                .bfd
+        };
+        assert_eq!(bfd(&a, "10.0.0.2"), None, "off unless asked for");
+        feed(
+            &mut a,
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshBFD: {}}\n---\napiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.254, asNumber: 65000, bfd: {minTxMs: 100, multiplier: 5}}\n",
+        );
+        assert_eq!(
+            bfd(&a, "10.0.0.2"),
+            Some(tabby_bgp::bfd::BfdConfig::default())
+        );
+        let tor = tabby_bgp::bfd::BfdConfig {
+            min_tx_ms: 100,
+            min_rx_ms: 300,
+            multiplier: 5,
+        };
+        assert_eq!(bfd(&a, "10.0.0.254"), Some(tor));
+        feed(
+            &mut a,
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.254, asNumber: 65000, bfd: {minTxMs: 1}}\n",
+        );
+        assert_eq!(
+            bfd(&a, "10.0.0.254"),
+            Some(tor),
+            "refused: the previous one stays"
+        );
     }
 }

@@ -3,6 +3,11 @@
 //! objects, next hop = the other node, no encapsulation); a dedicated thread
 //! installs what it learns as kernel routes with protocol 151.
 //!
+//! Import and export policy per neighbour comes from [`crate::bgp_policy`];
+//! here the node's connected subnets are added to it (read from the kernel
+//! each time the intent is applied), and learned routes go into the kernel
+//! with tabby's metric, never over a route of another owner.
+//!
 //! Graceful restart: when the agent starts and finds its own BGP routes
 //! still in the kernel (it was restarted), it says so in its OPEN; peers
 //! keep its routes, and the leftovers are kept until the speaker has
@@ -11,10 +16,13 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
+use tabby_bgp::bfd::BfdConfig;
 use tabby_bgp::config::{Config, PeerConfig};
 use tabby_bgp::fib::FibInstaller;
+use tabby_bgp::policy::{PeerPolicy, PrefixCommunities};
 use tabby_bgp::speaker::{RibEvent, Speaker, SpeakerHandle};
 use tabby_common::naming::RTPROT_TABBY_BGP;
+use tabby_crds::password::Password;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -41,12 +49,43 @@ pub struct PeerIntent {
     pub asn: u32,
     /// TCP port to connect to.
     pub port: u16,
-    /// TCP MD5 password.
-    pub password: Option<String>,
+    /// TCP MD5 password (never printed: `Debug` shows `<redacted>`).
+    pub password: Option<Password>,
     /// A route reflector client of this node.
     pub rr_client: bool,
     /// Another node of the mesh (else an external peer from a BGPPeer).
     pub mesh: bool,
+    /// What it may send us and be sent (the driver adds the node's
+    /// connected subnets to an external peer's protected ranges).
+    pub policy: PeerPolicy,
+    /// BFD on this session (`BGPPeer.spec.bfd`, or
+    /// `BGPConfiguration.spec.nodeToNodeMeshBFD` for the mesh).
+    pub bfd: Option<BfdConfig>,
+}
+
+/// The speaker's BFD settings from a `bfd` / `nodeToNodeMeshBFD` object,
+/// defaults filled in; an error names the field (`field` is its path).
+pub fn bfd_config(field: &str, spec: &tabby_crds::BFDSpec) -> Result<BfdConfig, String> {
+    let d = BfdConfig::default();
+    let c = BfdConfig {
+        min_tx_ms: spec.min_tx_ms.unwrap_or(d.min_tx_ms),
+        min_rx_ms: spec.min_rx_ms.unwrap_or(d.min_rx_ms),
+        multiplier: spec.multiplier.unwrap_or(d.multiplier),
+    };
+    let range = tabby_bgp::bfd::MIN_INTERVAL_MS..=tabby_bgp::bfd::MAX_INTERVAL_MS;
+    for (key, v) in [("minTxMs", c.min_tx_ms), ("minRxMs", c.min_rx_ms)] {
+        if !range.contains(&v) {
+            return Err(format!(
+                "{field}.{key} = {v}: must be {}..={} (milliseconds)",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
+    if c.multiplier == 0 {
+        return Err(format!("{field}.multiplier must be at least 1"));
+    }
+    Ok(c)
 }
 
 /// What the agent wants BGP to do.
@@ -58,21 +97,25 @@ pub struct BgpIntent {
     pub announce: Vec<IpNet>,
     /// Neighbours: the other nodes (full mesh) and external peers.
     pub peers: Vec<PeerIntent>,
+    /// Communities for the announced prefixes, by CIDR.
+    pub communities: Vec<PrefixCommunities>,
 }
 
-fn peer_configs(peers: &[PeerIntent]) -> Vec<PeerConfig> {
+fn peer_configs(peers: &[PeerIntent], connected: &[IpNet]) -> Vec<PeerConfig> {
     peers
         .iter()
         .map(|p| {
             let mut c = PeerConfig::new(p.address, p.asn);
             c.port = p.port;
-            c.password = p.password.clone();
+            c.password = p.password.as_ref().map(|p| p.expose().to_string());
             c.rr_client = p.rr_client;
             // Upstream routers get this node's blocks only: the other
             // nodes announce their own, and a node must never become the
             // path to another node's pods. Clients of a node acting as
             // route reflector get the reflected routes, as they asked.
             c.export_local_only = !p.mesh && !p.rr_client;
+            c.bfd = p.bfd;
+            c.policy = crate::bgp_policy::with_connected(&p.policy, connected);
             c
         })
         .collect()
@@ -82,6 +125,8 @@ fn peer_configs(peers: &[PeerIntent]) -> Vec<PeerConfig> {
 pub struct Bgp {
     handle: SpeakerHandle,
     applied: BgpIntent,
+    /// The peer configurations last given to the speaker.
+    applied_peers: Vec<PeerConfig>,
 }
 
 impl std::fmt::Debug for Bgp {
@@ -142,7 +187,10 @@ impl Bgp {
         cfg.listen = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
         cfg.graceful_restart.restarting = leftovers > 0;
         cfg.announce = intent.announce.clone();
-        cfg.peers = peer_configs(&intent.peers);
+        cfg.communities = intent.communities.clone();
+        let connected = tabby_bgp::iface::connected();
+        cfg.peers = peer_configs(&intent.peers, &connected);
+        let applied_peers = cfg.peers.clone();
         let handle = Speaker::start(cfg)
             .await
             .map_err(|e| BgpError::Speaker(e.to_string()))?;
@@ -156,6 +204,7 @@ impl Bgp {
         Ok(Bgp {
             handle,
             applied: intent.clone(),
+            applied_peers,
         })
     }
 
@@ -175,15 +224,26 @@ impl Bgp {
                 }
             }
         }
-        if intent.peers != self.applied.peers {
+        if intent.communities != self.applied.communities {
+            if let Err(e) = self.handle.set_communities(intent.communities.clone()) {
+                warn!(error = %e, "setting BGP communities");
+                return;
+            }
+            info!(communities = ?intent.communities, "BGP communities");
+        }
+        // The connected subnets are part of the policy: read them again
+        // (interfaces and addresses change under a running agent).
+        let configs = peer_configs(&intent.peers, &tabby_bgp::iface::connected());
+        if configs != self.applied_peers {
             let addrs: Vec<IpAddr> = intent.peers.iter().map(|p| p.address).collect();
-            match self.handle.set_peers(peer_configs(&intent.peers)).await {
+            match self.handle.set_peers(configs.clone()).await {
                 Ok(()) => info!(peers = ?addrs, "BGP peers"),
                 Err(e) => {
                     warn!(error = %e, "setting BGP peers");
                     return;
                 }
             }
+            self.applied_peers = configs;
         }
         self.applied = intent.clone();
     }
@@ -204,5 +264,35 @@ impl Bgp {
     pub async fn status_json(&self) -> Option<serde_json::Value> {
         let s = self.handle.status().await.ok()?;
         serde_json::to_value(&s).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_bfd_object_means_the_defaults_and_bad_values_are_refused_by_field() {
+        let spec = |tx, rx, m| tabby_crds::BFDSpec {
+            min_tx_ms: tx,
+            min_rx_ms: rx,
+            multiplier: m,
+        };
+        assert_eq!(
+            bfd_config("spec.bfd", &spec(None, None, None)),
+            Ok(BfdConfig::default())
+        );
+        assert_eq!(
+            bfd_config("spec.bfd", &spec(Some(100), None, Some(5))),
+            Ok(BfdConfig {
+                min_tx_ms: 100,
+                min_rx_ms: 300,
+                multiplier: 5
+            })
+        );
+        let e = bfd_config("spec.nodeToNodeMeshBFD", &spec(None, Some(1), None)).unwrap_err();
+        assert!(e.starts_with("spec.nodeToNodeMeshBFD.minRxMs = 1"), "{e}");
+        let e = bfd_config("spec.bfd", &spec(None, None, Some(0))).unwrap_err();
+        assert!(e.contains("spec.bfd.multiplier"), "{e}");
     }
 }

@@ -163,6 +163,10 @@ impl InstallConfig {
             // No subnets: the blocks come from the file the agent writes
             // from this node's podCIDRs.
             "ipam": {"type": "tabby-ipam"},
+            // The runtime then passes the pod's bandwidth annotations to
+            // tabby too: a pod with egress shaping gets its source guard on
+            // TCX, where the bandwidth plugin's ingress qdisc still fits.
+            "capabilities": {"bandwidth": true},
         });
         if let (Some(mtu), Some(obj)) = (self.mtu, tabby.as_object_mut()) {
             obj.insert("mtu".into(), json!(mtu));
@@ -281,7 +285,8 @@ mod tests {
                         "agentSocket": "/run/tabby/agent.sock",
                         "dataDir": "/var/lib/tabby",
                         "runDir": "/run/tabby",
-                        "ipam": {"type": "tabby-ipam"}
+                        "ipam": {"type": "tabby-ipam"},
+                        "capabilities": {"bandwidth": true}
                     },
                     {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
                 ]

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod agent;
 pub mod bgp;
+pub mod bgp_policy;
 pub mod dataplane;
 pub mod datastore;
 pub mod driver;
@@ -13,5 +14,7 @@ pub mod install;
 pub mod metrics;
 pub mod nft;
 pub mod node_status;
+pub mod peer_secrets;
 pub mod routes;
 pub mod server;
+pub mod service_routes;

@@ -4,6 +4,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::server::Refusal;
+
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -18,6 +20,42 @@ impl Counter {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// Counters by a label value (`tabby_invalid_objects_total{kind}`).
+#[derive(Debug, Default)]
+pub struct LabeledCounter(Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl LabeledCounter {
+    /// Adds one to `label`'s count.
+    pub fn inc(&self, label: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(label.to_string()).or_default() += 1;
+        }
+    }
+
+    /// The count of `label`.
+    pub fn get(&self, label: &str) -> u64 {
+        self.0
+            .lock()
+            .map(|m| m.get(label).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+/// The kinds `tabby_invalid_objects_total` always shows, at 0 until one is
+/// refused (so that a rate over them exists from the start).
+const OBJECT_KINDS: [&str; 10] = [
+    "BGPConfiguration",
+    "BGPFilter",
+    "BGPPeer",
+    "EndpointSlice",
+    "Namespace",
+    "NetworkPolicy",
+    "Node",
+    "Pod",
+    "Secret",
+    "Service",
+];
 
 /// Upper bounds (seconds) of the programming latency histogram.
 const BUCKETS: [f64; 12] = [
@@ -76,10 +114,30 @@ pub struct Metrics {
     pub resyncs: Counter,
     /// Endpoint records refused, per reason.
     endpoints_refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Objects refused at the datastore boundary, by kind.
+    pub invalid_objects: LabeledCounter,
+    /// CNI connections closed unserved, per [`Refusal`] (in `Refusal::ALL` order).
+    cni_refused: [Counter; 4],
     status: Mutex<String>,
 }
 
 impl Metrics {
+    /// Counts a CNI connection closed without being served.
+    pub fn cni_refused(&self, why: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == why) {
+            self.cni_refused[i].inc();
+        }
+    }
+
+    /// CNI connections closed for `why` so far.
+    pub fn cni_refused_count(&self, why: Refusal) -> u64 {
+        Refusal::ALL
+            .iter()
+            .position(|r| *r == why)
+            .map(|i| self.cni_refused[i].get())
+            .unwrap_or(0)
+    }
+
     /// Sets the gauges: local endpoints, policies, sets, pods known.
     pub fn set_gauges(&self, endpoints: usize, policies: usize, sets: usize, pods: usize) {
         if let Ok(mut g) = self.gauges.lock() {
@@ -190,6 +248,26 @@ impl Metrics {
                 self.endpoints_refused(reason)
             ));
         }
+        out.push_str("# HELP tabby_invalid_objects_total Objects refused by validation (the last valid version stays in force), by kind.\n# TYPE tabby_invalid_objects_total counter\n");
+        if let Ok(counts) = self.invalid_objects.0.lock() {
+            let mut kinds: std::collections::BTreeSet<&str> = OBJECT_KINDS.into_iter().collect();
+            kinds.extend(counts.keys().map(String::as_str));
+            for kind in kinds {
+                let n = counts.get(kind).copied().unwrap_or(0);
+                out.push_str(&format!(
+                    "tabby_invalid_objects_total{{kind=\"{kind}\"}} {n}\n"
+                ));
+            }
+        }
+        self.render_bgp_rejected(&mut out);
+        out.push_str("# HELP tabby_cni_connections_refused_total CNI socket connections closed without being served: busy (at the cap, all mid-request), evicted (idle, displaced by a newer one at the cap), too_long (request line over the cap), idle (no complete line in time).\n# TYPE tabby_cni_connections_refused_total counter\n");
+        for why in Refusal::ALL {
+            out.push_str(&format!(
+                "tabby_cni_connections_refused_total{{reason=\"{}\"}} {}\n",
+                why.as_str(),
+                self.cni_refused_count(why)
+            ));
+        }
         out.push_str("# HELP tabby_dropped_packets_total Packets dropped by policy, per endpoint and direction.\n# TYPE tabby_dropped_packets_total counter\n");
         for (chain, n) in drops {
             let (dir, iface) = match chain.split_once('_') {
@@ -202,6 +280,36 @@ impl Metrics {
             ));
         }
         out
+    }
+}
+
+impl Metrics {
+    /// `tabby_bgp_prefixes_rejected_total{peer,reason}`, from the BGP
+    /// section of the status (the speaker counts, per peer and reason, the
+    /// prefixes its import policy refused), so both always agree.
+    fn render_bgp_rejected(&self, out: &mut String) {
+        out.push_str("# HELP tabby_bgp_prefixes_rejected_total Prefixes a BGP peer sent that the import policy refused, per peer and reason.\n# TYPE tabby_bgp_prefixes_rejected_total counter\n");
+        let status: serde_json::Value = match self.status.lock() {
+            Ok(s) => serde_json::from_str(&s).unwrap_or_default(),
+            Err(_) => return,
+        };
+        let Some(peers) = status["bgp"]["peers"].as_array() else {
+            return;
+        };
+        for p in peers {
+            let (Some(addr), Some(totals)) =
+                (p["address"].as_str(), p["rejectedTotal"].as_object())
+            else {
+                continue;
+            };
+            for (reason, n) in totals {
+                if let Some(n) = n.as_u64() {
+                    out.push_str(&format!(
+                        "tabby_bgp_prefixes_rejected_total{{peer=\"{addr}\",reason=\"{reason}\"}} {n}\n"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -221,8 +329,23 @@ mod tests {
         assert!(text.contains("tabby_programming_seconds_bucket{le=\"0.002\"} 0\n"));
         assert!(text.contains("tabby_programming_seconds_count 1\n"));
         assert!(text.contains("tabby_dataplane_errors_total 1\n"));
+        assert!(text.contains("tabby_invalid_objects_total{kind=\"NetworkPolicy\"} 0\n"));
         assert!(text.contains(
             "tabby_dropped_packets_total{interface=\"tab0123456789ab\",direction=\"ingress\"} 7\n"
         ));
+    }
+
+    #[test]
+    fn refused_bgp_prefixes_are_counted_per_peer_and_reason() {
+        let m = Metrics::default();
+        m.set_status(
+            r#"{"bgp":{"peers":[{"address":"10.99.0.250","rejectedTotal":{"default-route":1,"pod-space":3}}]}}"#
+                .into(),
+        );
+        let text = m.render(&[]);
+        assert!(text.contains(
+            "tabby_bgp_prefixes_rejected_total{peer=\"10.99.0.250\",reason=\"pod-space\"} 3\n"
+        ));
+        assert!(text.contains("reason=\"default-route\"} 1\n"));
     }
 }

@@ -87,7 +87,7 @@ pub fn observe(name: &str, event: &Event) -> Option<Seen> {
         Event::Apply(o) => own(o),
         Event::Reset(_, objects) => objects.iter().find_map(own),
         // A deleted Node is not ours to write; a Prune carries no object.
-        Event::Delete(_) | Event::Prune(..) | Event::Barrier(_) => None,
+        Event::Delete(_) | Event::Prune(..) | Event::Barrier(_) | Event::Progress(_) => None,
     }
 }
 

@@ -230,3 +230,84 @@ fn nodes_learn_each_others_blocks_over_bgp_and_pods_talk_without_encapsulation()
     );
     drop(b);
 }
+
+/// The BGP status entry of `peer` in `node`'s `status.json`.
+fn bgp_peer(node: &Node, peer: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(node.dir.path().join("run/status.json")).unwrap_or_default();
+    let st: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    st["bgp"]["peers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["address"] == peer).cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn mesh_bfd_takes_a_silent_nodes_routes_away_and_a_restarting_agent_keeps_them() {
+    let fabric = Netns::new("fabric");
+    fabric.ok("ip link add br0 type bridge && ip link set br0 up");
+    let mut n1 = Node::new(&fabric, "node1", "192.168.200.1");
+    let mut n2 = Node::new(&fabric, "node2", "192.168.200.2");
+    for n in [&n1, &n2] {
+        std::fs::write(
+            n.dir.path().join("manifests/01-bgp.yaml"),
+            "apiVersion: tabby.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshBFD: {}}\n",
+        )
+        .unwrap();
+    }
+    n1.start();
+    n2.start();
+    let learned = |n: &Node| {
+        n.ns.ok("ip route show proto 151")
+            .contains("10.244.2.0/26 via 192.168.200.2")
+    };
+    wait_logged(
+        &n1,
+        &n2,
+        "node1 to learn node2's block over a BFD-backed session",
+        || learned(&n1) && bgp_peer(&n1, "192.168.200.2")["bfd"]["state"] == "Up",
+    );
+
+    // node2 goes silent (its packets dropped in its own namespace): BFD
+    // takes node1's session and node2's block away.
+    n2.ns.ok("nft add table inet tbfd_silence && nft add chain inet tbfd_silence out '{ type filter hook output priority 0; policy accept; }' && nft add rule inet tbfd_silence out oifname eth0 drop");
+    let t0 = std::time::Instant::now();
+    wait_logged(&n1, &n2, "node2's block to leave node1's kernel", || {
+        !learned(&n1)
+    });
+    eprintln!(
+        "mesh: node2 silenced -> its block out of node1's kernel after {} ms (status polled every 100 ms)",
+        t0.elapsed().as_millis()
+    );
+    assert!(
+        n1.log().contains("BFD down: taking the BGP session down"),
+        "{}",
+        n1.log()
+    );
+    n2.ns.ok("nft delete table inet tbfd_silence");
+    wait_logged(&n1, &n2, "the BFD-backed session to come back", || {
+        learned(&n1) && bgp_peer(&n1, "192.168.200.2")["bfd"]["state"] == "Up"
+    });
+
+    // A restarting agent says AdminDown: node1 keeps node2's block
+    // (graceful restart) well past the 0.9 s detection time.
+    n2.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        assert!(
+            learned(&n1),
+            "node2's block lost during its restart\n{}",
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        bgp_peer(&n1, "192.168.200.2")["bfd"]["state"],
+        "AdminDown",
+        "{}",
+        n1.log()
+    );
+    n2.start();
+    wait_logged(&n1, &n2, "BFD Up again after the restart", || {
+        learned(&n1) && bgp_peer(&n1, "192.168.200.2")["bfd"]["state"] == "Up"
+    });
+}

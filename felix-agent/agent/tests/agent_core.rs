@@ -462,3 +462,27 @@ fn metrics_come_from_the_status_output() {
     assert!(text.contains("tabby_endpoints 2\n"), "{text}");
     let _: &Metrics = &n.fx.metrics;
 }
+
+#[test]
+fn watch_progress_is_reported_only_once_what_came_before_is_programmed() {
+    use tabby_agent::datastore::Progress;
+    let mut n = node();
+    n.scan();
+    let pods = Progress {
+        kind: Kind::Pod,
+        resource_version: 42,
+        objects: 0,
+    };
+    n.settle(Input::Datastore(vec![Event::Progress(pods)]));
+    assert!(
+        n.agent.status().datastore.is_empty(),
+        "not ready: no position is reported"
+    );
+    n.sync("");
+    assert!(n.agent.ready());
+    let status = n.agent.status();
+    assert_eq!(status.datastore.get(&Kind::Pod), Some(&pods));
+    let json = status.to_json(None);
+    assert_eq!(json["datastore"]["Pod"]["resourceVersion"], 42);
+    assert_eq!(json["datastore"]["Pod"]["objects"], 0);
+}

@@ -102,7 +102,8 @@ fn installs_once_leaves_other_files_alone_and_rewrites_only_on_change() {
                     "agentSocket": d.run.join("agent.sock"),
                     "dataDir": d.data,
                     "runDir": d.run,
-                    "ipam": {"type": "tabby-ipam"}
+                    "ipam": {"type": "tabby-ipam"},
+                    "capabilities": {"bandwidth": true}
                 },
                 {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
             ]

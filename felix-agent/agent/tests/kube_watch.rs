@@ -97,6 +97,7 @@ fn summary(event: &Event) -> String {
         // here would be a bug the comparison should show.
         Event::Prune(kind, keep) => format!("prune {kind:?} {}", keep.len()),
         Event::Barrier(n) => format!("barrier {n}"),
+        Event::Progress(p) => format!("progress {:?} {}", p.kind, p.objects),
     }
 }
 
@@ -105,7 +106,7 @@ fn kind_of(event: &Event) -> Option<Kind> {
         Event::Reset(kind, _) | Event::Prune(kind, _) => *kind,
         Event::Apply(o) => o.kind(),
         Event::Delete(r) => r.kind,
-        Event::Barrier(_) => return None,
+        Event::Barrier(_) | Event::Progress(_) => return None,
     })
 }
 
@@ -140,7 +141,10 @@ impl Consumer {
         let waited = tokio::time::timeout(DEADLINE, async {
             while !done(self) {
                 let event = self.rx.recv().await.expect("run() ended early");
-                self.seen.push(event);
+                // Progress follows every change; these tests compare changes.
+                if !matches!(event, Event::Progress(_)) {
+                    self.seen.push(event);
+                }
             }
         })
         .await;
@@ -168,8 +172,10 @@ impl Consumer {
 
     /// Fails if an event is already waiting.
     fn assert_nothing_more(&mut self) {
-        if let Ok(event) = self.rx.try_recv() {
-            panic!("unexpected event {}", summary(&event));
+        while let Ok(event) = self.rx.try_recv() {
+            if !matches!(event, Event::Progress(_)) {
+                panic!("unexpected event {}", summary(&event));
+            }
         }
     }
 
@@ -515,10 +521,19 @@ async fn an_outage_backs_off_and_resumes_without_any_reset() {
         consumer
             .seen
             .iter()
-            .filter(|e| matches!(e, Event::Reset(..)))
+            .filter(|e| matches!(e, Event::Reset(k, _) if *k != Kind::Secret))
             .count(),
         4,
         "no reset, empty or not, during or after the outage"
+    );
+    assert_eq!(
+        consumer
+            .seen
+            .iter()
+            .filter(|e| matches!(e, Event::Reset(Kind::Secret, _)))
+            .count(),
+        1,
+        "no BGPPeer names a Secret: one empty reset, no GET"
     );
     for path in ALL {
         assert_eq!(
@@ -627,4 +642,79 @@ async fn connect_reads_a_kubeconfig_and_run_returns_when_the_receiver_is_dropped
         KubeDatastore::connect(Some(&missing)).await,
         Err(DatastoreError::Client(_))
     ));
+}
+
+#[tokio::test]
+async fn the_secrets_bgppeers_name_are_read_by_name_and_nothing_else_of_secrets() {
+    let server = server_with_lists().await;
+    let peers = "/apis/tabby.dev/v1alpha1/bgppeers";
+    let secret = "/api/v1/namespaces/kube-system/secrets/tabby-bgp-passwords";
+    server.list(
+        peers,
+        Reply::Body(
+            serde_json::json!({
+                "apiVersion": "tabby.dev/v1alpha1", "kind": "BGPPeerList",
+                "metadata": {"resourceVersion": "7"},
+                "items": [{
+                    "apiVersion": "tabby.dev/v1alpha1", "kind": "BGPPeer",
+                    "metadata": {"name": "tor", "resourceVersion": "7"},
+                    "spec": {"peerIP": "10.0.0.254", "asNumber": 65000,
+                             "password": {"secretKeyRef": {"name": "tabby-bgp-passwords", "key": "tor"}}}
+                }]
+            })
+            .to_string(),
+        ),
+    );
+    server.list(
+        secret,
+        Reply::Body(
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "tabby-bgp-passwords", "namespace": "kube-system",
+                             "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"tor\":\"czNjcmV0\"}}"}},
+                "data": {"tor": "czNjcmV0"}
+            })
+            .to_string(),
+        ),
+    );
+    let mut consumer = Consumer::start(
+        KubeDatastore::from_client(server.client()).with_namespace(Some("kube-system".into())),
+    );
+    consumer
+        .until("the Secret", |c| {
+            c.of(Kind::Secret)
+                .iter()
+                .any(|s| s == "reset Secret [kube-system/tabby-bgp-passwords]")
+        })
+        .await;
+    let Some(Event::Reset(_, objects)) = consumer
+        .seen
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Event::Reset(Kind::Secret, _)))
+    else {
+        panic!("no secret reset");
+    };
+    let Object::Secret(s) = &objects[0] else {
+        panic!("{objects:?}");
+    };
+    assert_eq!(s.keys["tor"].expose(), "s3cret");
+    assert_eq!(
+        s.metadata.annotations, None,
+        "annotations may repeat the data"
+    );
+    assert!(!format!("{:?}", consumer.seen).contains("s3cret"));
+    let to_secrets: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("secrets"))
+        .collect();
+    assert!(!to_secrets.is_empty());
+    assert!(
+        to_secrets
+            .iter()
+            .all(|r| r.path == secret && r.method == "GET" && !r.is_watch()),
+        "only GETs of the named Secret: {to_secrets:#?}"
+    );
+    consumer.stop().await;
 }

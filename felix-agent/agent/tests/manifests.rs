@@ -16,7 +16,7 @@ use std::process::Command;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Capabilities, ConfigMap, Container, Namespace, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
@@ -131,6 +131,8 @@ struct Typed {
     daemonsets: Vec<DaemonSet>,
     roles: Vec<ClusterRole>,
     bindings: Vec<ClusterRoleBinding>,
+    namespaced_roles: Vec<Role>,
+    namespaced_bindings: Vec<RoleBinding>,
     accounts: Vec<ServiceAccount>,
     configmaps: Vec<ConfigMap>,
     crds: Vec<CustomResourceDefinition>,
@@ -143,6 +145,8 @@ fn typed_all() -> Typed {
         daemonsets: vec![],
         roles: vec![],
         bindings: vec![],
+        namespaced_roles: vec![],
+        namespaced_bindings: vec![],
         accounts: vec![],
         configmaps: vec![],
         crds: vec![],
@@ -156,6 +160,10 @@ fn typed_all() -> Typed {
             ("apps/v1", "DaemonSet") => t.daemonsets.push(typed(doc)),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => t.roles.push(typed(doc)),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => t.bindings.push(typed(doc)),
+            ("rbac.authorization.k8s.io/v1", "Role") => t.namespaced_roles.push(typed(doc)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                t.namespaced_bindings.push(typed(doc))
+            }
             ("v1", "ServiceAccount") => t.accounts.push(typed(doc)),
             ("v1", "ConfigMap") => t.configmaps.push(typed(doc)),
             ("v1", "Namespace") => {
@@ -455,6 +463,35 @@ fn rbac_grants_what_the_agent_reads_and_writes_only_node_status() {
         BTreeSet::from(["patch".to_owned()]),
     );
     assert_eq!(grants, want);
+}
+
+/// BGP passwords: `get` on the named Secrets only, in the agent's own
+/// namespace; no list, no watch, no other Secret (the ClusterRole has none:
+/// see the test above).
+#[test]
+fn secrets_are_readable_only_by_name_in_the_agents_namespace() {
+    let t = typed_all();
+    let sa = &t.accounts[0];
+    assert_eq!(t.namespaced_roles.len(), 1);
+    let role = &t.namespaced_roles[0];
+    assert_eq!(role.metadata.namespace, sa.metadata.namespace);
+    let rules = role.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    let rule = &rules[0];
+    assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(rule.resources.as_deref(), Some(&["secrets".to_owned()][..]));
+    assert_eq!(rule.verbs, ["get"]);
+    let names = rule.resource_names.as_ref().unwrap();
+    assert_eq!(names, &["tabby-bgp-passwords"]);
+    assert_eq!(t.namespaced_bindings.len(), 1);
+    let b = &t.namespaced_bindings[0];
+    assert_eq!(b.metadata.namespace, sa.metadata.namespace);
+    assert_eq!(b.role_ref.kind, "Role");
+    assert_eq!(Some(&b.role_ref.name), role.metadata.name.as_ref());
+    let subjects = b.subjects.as_ref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(Some(&subjects[0].name), sa.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace, sa.metadata.namespace);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 pub mod index;
 pub mod model;
+pub mod validate;
 
 pub use index::{IndexStats, PolicyIndex, pod_key};
 pub use model::*;

@@ -2,6 +2,7 @@
 //! options. Every syscall the project makes goes through this crate, so the
 //! rest of the workspace stays safe code over plain values.
 
+pub mod bpf;
 pub mod netlink;
 pub mod netns;
 pub mod source_guard;
@@ -9,5 +10,5 @@ pub mod sysctl;
 pub mod tcp_md5;
 pub mod teardown;
 
-pub use netlink::{LinkSummary, Netlink, NetlinkError, RouteSpec};
+pub use netlink::{GuardHook, GuardState, LinkSummary, Netlink, NetlinkError, RouteSpec};
 pub use netns::{NetNs, NetNsError, NetNsGuard};

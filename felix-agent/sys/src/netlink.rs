@@ -624,9 +624,67 @@ impl Netlink {
 
 impl Netlink {
     /// Attaches the anti-spoofing program of [`crate::source_guard`] to the
-    /// tc ingress of `index` (adding the clsact qdisc first), replacing any
-    /// earlier version of it.
+    /// ingress of `index`, a link with nothing attached yet, at `hook`:
+    /// the eBPF program at TCX, or the classic one on a clsact qdisc. The
+    /// caller chooses (and falls back); nothing is tried behind its back.
     pub fn install_source_guard(
+        &mut self,
+        index: u32,
+        allowed: &[IpAddr],
+        hook: GuardHook,
+    ) -> Result<(), NetlinkError> {
+        match hook {
+            GuardHook::Clsact => self.install_source_guard_clsact(index, allowed),
+            GuardHook::Tcx => {
+                crate::source_guard::attach_tcx(index, allowed).map_err(|e| match e {
+                    crate::source_guard::TcxError::Unavailable(e)
+                    | crate::source_guard::TcxError::Failed(e) => NetlinkError::Kernel {
+                        op: format!("install source guard on link {index}: {}", e.op)
+                            + &if e.log.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (verifier: {})", e.log.trim())
+                            },
+                        errno: e.errno,
+                    },
+                    e @ crate::source_guard::TcxError::Assemble(_) => NetlinkError::Decode {
+                        op: format!("install source guard on link {index}"),
+                        detail: e.to_string(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Removes the clsact qdisc of `index` (and the filters on it): what a
+    /// half-made clsact guard leaves before the caller falls back to TCX.
+    /// Already gone is success.
+    pub fn remove_clsact(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let op = format!("remove the clsact qdisc of link {index}");
+        let mut qdisc = TcMessage::default();
+        qdisc.header.index = i32::try_from(index).map_err(|_| NetlinkError::Kernel {
+            op: op.clone(),
+            errno: libc::EINVAL,
+        })?;
+        qdisc.header.parent = TcHandle::CLSACT;
+        qdisc.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.request(&op, RouteNetlinkMessage::DelQueueDiscipline(qdisc), 0) {
+            Err(NetlinkError::Kernel { errno, .. })
+                if errno == libc::ENOENT || errno == libc::EINVAL || errno == libc::ENODEV =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The classic program on the tc ingress of `index` (adding the clsact
+    /// qdisc first), replacing any earlier version of it.
+    fn install_source_guard_clsact(
         &mut self,
         index: u32,
         allowed: &[IpAddr],
@@ -700,8 +758,41 @@ impl Netlink {
         )
     }
 
-    /// True when the source guard is attached to `index`.
-    pub fn has_source_guard(&mut self, index: u32) -> Result<bool, NetlinkError> {
+    /// Whether the source guard for `allowed` protects `index`: first at
+    /// its TCX ingress (checked exactly, by the program's tag), or else on
+    /// its clsact qdisc (checked exactly, by the program the kernel dumps).
+    pub fn source_guard(
+        &mut self,
+        index: u32,
+        allowed: &[IpAddr],
+    ) -> Result<GuardState, NetlinkError> {
+        use crate::source_guard::{TcxGuard, tcx_guard};
+        match tcx_guard(index, allowed) {
+            Ok(TcxGuard::Current) => return Ok(GuardState::Tcx),
+            Ok(TcxGuard::Stale) => return Ok(GuardState::Stale),
+            // Nothing on TCX (or no TCX here): clsact may be in use.
+            Ok(TcxGuard::Absent) | Err(_) => {}
+        }
+        let want = crate::source_guard::program(allowed)
+            .map(|p| crate::source_guard::encode(&p))
+            .map_err(|detail| NetlinkError::Decode {
+                op: format!("check source guard on link {index}"),
+                detail,
+            })?;
+        Ok(match self.clsact_guard_ops(index)? {
+            None => GuardState::Missing,
+            Some(ops) if ops == want => GuardState::Clsact,
+            Some(_) => GuardState::Stale,
+        })
+    }
+
+    /// The classic program of tabby's filter on `index`'s clsact ingress,
+    /// as the kernel dumps it (`TCA_BPF_OPS`), or `None` when there is no
+    /// such filter.
+    fn clsact_guard_ops(&mut self, index: u32) -> Result<Option<Vec<u8>>, NetlinkError> {
+        use netlink_packet_core::Nla;
+        use netlink_packet_route::tc::TcFilterBpfOption;
+        const TCA_BPF_OPS: u16 = 5;
         let mut req = TcMessage::default();
         req.header.index = i32::try_from(index).unwrap_or(0);
         req.header.parent = TcHandle {
@@ -712,12 +803,85 @@ impl Netlink {
             "dump tc filters",
             RouteNetlinkMessage::GetTrafficFilter(req),
         )?;
-        Ok(msgs.iter().any(|m| {
-            matches!(m, RouteNetlinkMessage::NewTrafficFilter(f)
-                if f.header.info >> 16 == u32::from(SOURCE_GUARD_PRIORITY)
-                    && f.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf")))
-        }))
+        for m in &msgs {
+            let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
+                continue;
+            };
+            if f.header.info >> 16 != u32::from(SOURCE_GUARD_PRIORITY)
+                || !f
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+            {
+                continue;
+            }
+            // The dump lists the priority's head (kind, no options) before
+            // the filter itself: only an entry with a program counts.
+            let mut ops = None;
+            for a in &f.attributes {
+                if let TcAttribute::Options(opts) = a {
+                    for o in opts {
+                        let nla: &dyn Nla = match o {
+                            TcOption::Bpf(TcFilterBpfOption::Other(n)) | TcOption::Other(n) => n,
+                            _ => continue,
+                        };
+                        if nla.kind() == TCA_BPF_OPS {
+                            let mut v = vec![0u8; nla.value_len()];
+                            nla.emit_value(&mut v);
+                            ops = Some(v);
+                        }
+                    }
+                }
+            }
+            if ops.is_some() {
+                return Ok(ops);
+            }
+        }
+        Ok(None)
     }
+}
+
+/// Where a source guard is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardHook {
+    /// eBPF at the TCX ingress: no qdisc, so the `bandwidth` plugin can add
+    /// its `ingress` qdisc; costs an RCU grace period per attach and per
+    /// device deletion.
+    Tcx,
+    /// Classic BPF on a clsact qdisc: fast, but no `ingress` qdisc can be
+    /// added next to it.
+    Clsact,
+}
+
+impl GuardHook {
+    /// The other hook (the fallback).
+    pub fn other(self) -> GuardHook {
+        match self {
+            GuardHook::Tcx => GuardHook::Clsact,
+            GuardHook::Clsact => GuardHook::Tcx,
+        }
+    }
+
+    /// The name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardHook::Tcx => "tcx",
+            GuardHook::Clsact => "clsact",
+        }
+    }
+}
+
+/// What protects a host end (see [`Netlink::source_guard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardState {
+    /// The guard for the expected addresses runs first at TCX ingress.
+    Tcx,
+    /// The classic guard is on a clsact qdisc.
+    Clsact,
+    /// A tabby guard runs first at TCX ingress, for other addresses.
+    Stale,
+    /// No guard.
+    Missing,
 }
 
 /// tc priority of the anti-spoofing filter; later filters (the eBPF

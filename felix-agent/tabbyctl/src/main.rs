@@ -95,6 +95,19 @@ enum LabCmd {
         /// Seconds to wait for the agents and BGP.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Run a real Kubernetes control plane (etcd, kube-apiserver,
+        /// kube-controller-manager, kube-scheduler) as the agents' datastore.
+        #[arg(long)]
+        kubernetes: bool,
+    },
+    /// Run the real kubectl against a `--kubernetes` lab.
+    Kubectl {
+        /// The lab's name.
+        #[arg(long, default_value = "tabby")]
+        name: String,
+        /// kubectl's arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Create or update Namespaces, Pods, NetworkPolicies and tabby CRDs.
     Apply(ChangeArgs),
@@ -150,6 +163,29 @@ enum LabCmd {
         /// The lab's name.
         #[arg(long, default_value = "tabby")]
         name: String,
+    },
+    /// (internal) Restart a control-plane component (etcd, kube-apiserver).
+    #[command(hide = true)]
+    RestartControlPlane {
+        /// The lab's name.
+        #[arg(long, default_value = "tabby")]
+        name: String,
+        /// The component.
+        #[arg(long)]
+        component: String,
+        /// Seconds to wait for the API server.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// (internal) The stand-in for kubelet on one node of a `--kubernetes` lab.
+    #[command(hide = true)]
+    Runtime {
+        /// The lab's name.
+        #[arg(long, default_value = "tabby")]
+        name: String,
+        /// The node.
+        #[arg(long)]
+        node: String,
     },
     /// (internal) Serve a pod's ports inside its namespace.
     #[command(hide = true)]
@@ -208,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             files,
             bin_dir,
             timeout,
+            kubernetes,
         } => lab::up(
             &Layout::new(&name)?,
             &lab::UpOptions {
@@ -216,8 +253,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 files,
                 bin_dir,
                 timeout: Duration::from_secs(timeout),
+                kubernetes,
             },
         ),
+        LabCmd::Kubectl { name, args } => {
+            let code = lab::kube::run_kubectl(&Layout::new(&name)?, &args)?;
+            std::process::exit(code);
+        }
+        LabCmd::RestartControlPlane {
+            name,
+            component,
+            timeout,
+        } => lab::restart_control_plane(
+            &Layout::new(&name)?,
+            &component,
+            Duration::from_secs(timeout),
+        ),
+        LabCmd::Runtime { name, node } => lab::runtime::run(&Layout::new(&name)?, &node),
         LabCmd::Apply(a) => lab::apply(
             &Layout::new(&a.name)?,
             &a.files,

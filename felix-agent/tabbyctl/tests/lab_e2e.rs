@@ -8,11 +8,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use lab::*;
-use tabby_tests::{Netns, require_tool};
+use tabby_tests::require_tool;
 
-#[test]
-fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_encapsulation() {
-    let lab = Lab::up(3);
+fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_encapsulation(mode: Mode) {
+    let lab = Lab::up_in(mode, 3);
     let st = lab.status();
     assert_eq!(st["fabric"]["bridge"], "br0");
     assert_eq!(st["fabric"]["subnet"], "10.99.0.0/24");
@@ -41,12 +40,19 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_encapsulation() {
     }
 
     // Each node routes the other nodes' blocks straight to them (BGP).
+    let (n2, n3) = (lab.pod_cidrs("node-2"), lab.pod_cidrs("node-3"));
     let routes = ip_in(&lab.node_netns("node-1"), "route show proto 151");
-    assert!(routes.contains("10.244.2.0/24 via 10.99.0.12"), "{routes}");
-    assert!(routes.contains("10.244.3.0/24 via 10.99.0.13"), "{routes}");
+    assert!(
+        routes.contains(&format!("{} via 10.99.0.12", n2[0])),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(&format!("{} via 10.99.0.13", n3[0])),
+        "{routes}"
+    );
     let routes6 = ip_in(&lab.node_netns("node-1"), "-6 route show proto 151");
     assert!(
-        routes6.contains("fd00:244:0:2::/64 via fd00:99::c"),
+        routes6.contains(&format!("{} via fd00:99::c", n2[1])),
         "{routes6}"
     );
 
@@ -121,9 +127,8 @@ fn scenario(lab: &Lab, what: &str, yaml: &str, expect: impl Fn(&str, &str, u16) 
     lab.delete(yaml);
 }
 
-#[test]
-fn upstream_network_policy_truth_tables_hold_across_nodes() {
-    let lab = Lab::up(3);
+fn upstream_network_policy_truth_tables_hold_across_nodes(mode: Mode) {
+    let lab = Lab::up_in(mode, 3);
     lab.apply(&xyz());
     // "should support a 'default-deny-ingress' policy"
     scenario(
@@ -208,9 +213,8 @@ fn agent_pid(lab: &Lab, node: &str) -> i32 {
         .unwrap() as i32
 }
 
-#[test]
-fn restarting_a_nodes_agent_keeps_its_routes_and_pod_traffic_flowing() {
-    let lab = Lab::up(3);
+fn restarting_a_nodes_agent_keeps_its_routes_and_pod_traffic_flowing(mode: Mode) {
+    let lab = Lab::up_in(mode, 3);
     lab.apply(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec: {nodeName: node-1, containers: [{name: c, image: i}]}\n---\n\
          apiVersion: v1\nkind: Pod\nmetadata: {name: server}\nspec: {nodeName: node-2, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}\n",
@@ -236,7 +240,11 @@ fn restarting_a_nodes_agent_keeps_its_routes_and_pod_traffic_flowing() {
     // While it was away node-1 kept the route (graceful restart), and it
     // is there now.
     let routes = ip_in(&lab.node_netns("node-1"), "route show proto 151");
-    assert!(routes.contains("10.244.2.0/24 via 10.99.0.12"), "{routes}");
+    let block = &lab.pod_cidrs("node-2")[0];
+    assert!(
+        routes.contains(&format!("{block} via 10.99.0.12")),
+        "{routes}"
+    );
     let out = ping.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -257,76 +265,8 @@ fn restarting_a_nodes_agent_keeps_its_routes_and_pod_traffic_flowing() {
     }
 }
 
-/// A BIRD router in its own namespace, plugged into the lab's fabric.
-struct Router {
-    ns: Netns,
-    bird: std::process::Child,
-    ctl: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Router {
-    fn attach(lab: &Lab, conf: &str) -> Router {
-        require_tool("bird");
-        require_tool("birdc");
-        let ns = Netns::new("router");
-        let fabric = lab.fabric_netns();
-        let out = Command::new("ip")
-            .args(["-n", &fabric, "link", "add", "rtr0", "type", "veth", "peer"])
-            .args(["name", "eth0", "netns", ns.name()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        ip_in(&fabric, "link set rtr0 master br0 up");
-        ns.ok("ip link set eth0 up");
-        ns.ok("ip addr add 10.99.0.250/24 dev eth0");
-        let dir = tempfile::tempdir().unwrap();
-        let conf_path = dir.path().join("bird.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let ctl = dir.path().join("bird.ctl");
-        let bird = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "bird", "-f", "-c"])
-            .arg(&conf_path)
-            .arg("-s")
-            .arg(&ctl)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let r = Router {
-            ns,
-            bird,
-            ctl,
-            _dir: dir,
-        };
-        eventually("BIRD is up", 30, || {
-            r.cmd("show status").contains("Daemon is up")
-        });
-        r
-    }
-
-    fn cmd(&self, c: &str) -> String {
-        let out = Command::new("birdc")
-            .arg("-s")
-            .arg(&self.ctl)
-            .args(c.split_whitespace())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.bird.kill();
-        let _ = self.bird.wait();
-        let _ = &self.ns;
-    }
-}
-
-#[test]
-fn a_bird_router_on_the_fabric_peers_with_every_node_through_a_bgppeer() {
-    let lab = Lab::up(3);
+fn a_bird_router_on_the_fabric_peers_with_every_node_through_a_bgppeer(mode: Mode) {
+    let lab = Lab::up_in(mode, 3);
     let mut conf = String::from(
         "router id 10.99.0.250;\nprotocol device { scan time 1; }\n\
          protocol static s4 { ipv4; route 192.0.2.0/24 blackhole; }\n\
@@ -349,7 +289,7 @@ fn a_bird_router_on_the_fabric_peers_with_every_node_through_a_bgppeer() {
         })
     });
     for i in 1..=3 {
-        let block = format!("10.244.{i}.0/24");
+        let block = lab.pod_cidrs(&format!("node-{i}"))[0].clone();
         eventually(&format!("BIRD learns {block}"), 60, || {
             router
                 .cmd(&format!("show route {block}"))
@@ -386,9 +326,8 @@ fn a_bird_router_on_the_fabric_peers_with_every_node_through_a_bgppeer() {
     });
 }
 
-#[test]
-fn deleting_pods_and_lab_down_leave_nothing_behind() {
-    let lab = Lab::up(3);
+fn deleting_pods_and_lab_down_leave_nothing_behind(mode: Mode) {
+    let lab = Lab::up_in(mode, 3);
     let pods = xyz();
     lab.apply(&pods);
     let dir = lab.dir();
@@ -436,9 +375,8 @@ fn deleting_pods_and_lab_down_leave_nothing_behind() {
     lab.ok(&["down"]);
 }
 
-#[test]
-fn bad_input_is_refused_before_anything_changes() {
-    let lab = Lab::up(1);
+fn bad_input_is_refused_before_anything_changes(mode: Mode) {
+    let lab = Lab::up_in(mode, 1);
     let out = lab.run(&["apply", "-f", "/nonexistent.yaml"]);
     assert!(!out.status.success());
     let f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
@@ -468,9 +406,8 @@ fn bad_input_is_refused_before_anything_changes() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
 }
 
-#[test]
-fn the_crds_and_the_tenant_isolation_example_apply_to_a_lab_and_isolate() {
-    let lab = Lab::up(3);
+fn the_crds_and_the_tenant_isolation_example_apply_to_a_lab_and_isolate(mode: Mode) {
+    let lab = Lab::up_in(mode, 3);
     let root = repo_root();
     let file = |p: &str| root.join(p).to_string_lossy().into_owned();
     lab.ok(&[
@@ -518,3 +455,13 @@ fn the_crds_and_the_tenant_isolation_example_apply_to_a_lab_and_isolate() {
         true
     );
 }
+
+crate::in_both_modes!(
+    pods_on_different_nodes_reach_each_other_by_pod_ip_without_encapsulation,
+    upstream_network_policy_truth_tables_hold_across_nodes,
+    restarting_a_nodes_agent_keeps_its_routes_and_pod_traffic_flowing,
+    a_bird_router_on_the_fabric_peers_with_every_node_through_a_bgppeer,
+    deleting_pods_and_lab_down_leave_nothing_behind,
+    bad_input_is_refused_before_anything_changes,
+    the_crds_and_the_tenant_isolation_example_apply_to_a_lab_and_isolate,
+);

@@ -59,6 +59,10 @@ struct Args {
     /// This node's AS (until a BGPConfiguration says otherwise).
     #[arg(long, env = "TABBY_BGP_ASN", default_value_t = tabby_agent::bgp::DEFAULT_ASN)]
     bgp_asn: u32,
+    /// The agent's namespace: BGPPeers' `spec.password.secretKeyRef` name Secrets there
+    /// (default: the service account's in a cluster, `kube-system` with `dir:`).
+    #[arg(long, env = "TABBY_NAMESPACE")]
+    namespace: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "TABBY_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -143,7 +147,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "kubernetes" => {
             let ds = KubeDatastore::connect(args.kubeconfig.as_deref())
                 .await
-                .context("connecting to the Kubernetes API")?;
+                .context("connecting to the Kubernetes API")?
+                .with_metrics(metrics.clone())
+                .with_namespace(args.namespace.clone());
             // The Node's NetworkUnavailable condition follows what the
             // datastore shows of this node, on the way to the agent.
             let (ds_tx, ds_rx) = tokio::sync::mpsc::channel(1024);
@@ -165,7 +171,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         other => match other.strip_prefix("dir:") {
             Some(path) if !path.is_empty() => {
-                tokio::spawn(DirDatastore::new(path).run(ev_tx));
+                let mut ds = DirDatastore::new(path).with_metrics(metrics.clone());
+                if let Some(ns) = &args.namespace {
+                    ds = ds.with_namespace(ns.clone());
+                }
+                tokio::spawn(ds.run(ev_tx));
             }
             _ => bail!("--datastore must be `kubernetes` or `dir:PATH`, not {other:?}"),
         },
@@ -181,7 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind_cni_socket(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(server::serve_cni(listener, req_tx));
+    tokio::spawn(server::serve_cni(listener, req_tx, metrics.clone()));
     let http = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;

@@ -17,18 +17,32 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
+use tabby_policy::validate::Invalid;
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, warn};
 
-use super::{DatastoreError, Event, Kind, Object, ObjectRef};
+use super::{DatastoreError, Event, Kind, Object, ObjectRef, check};
+use crate::metrics::Metrics;
 
-/// Parses one manifest file into the objects the agent watches; documents of
-/// other kinds are skipped.
-pub fn parse_manifests(path: &Path, text: &str) -> Result<Vec<Object>, DatastoreError> {
+/// The namespace whose Secrets the agent reads when none is configured: where
+/// the DaemonSet runs.
+pub const DEFAULT_NAMESPACE: &str = "kube-system";
+
+/// One document of a manifest file: the object, or its reference and why
+/// it was refused.
+pub type Document = Result<Object, (ObjectRef, Invalid)>;
+
+/// Parses one manifest file into the objects the agent watches, each
+/// validated as the API server would ([`check`]); documents of other kinds
+/// are skipped. Only a file that does not parse at all is an error.
+pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Document>, DatastoreError> {
     let mut out = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let err = |detail: String| DatastoreError::Manifest {
@@ -65,15 +79,55 @@ pub fn parse_manifests(path: &Path, text: &str) -> Result<Vec<Object>, Datastore
             ("tabby.dev/v1alpha1", "BGPPeer") => {
                 Object::BgpPeer(Box::new(from_value::<BGPPeer>(value).map_err(err)?))
             }
+            ("v1", "Secret") => {
+                let mut secret = from_value::<Secret>(value).map_err(err)?;
+                if secret
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .is_none_or(str::is_empty)
+                {
+                    secret.metadata.namespace = Some("default".into());
+                }
+                let r = ObjectRef {
+                    kind: Kind::Secret,
+                    namespace: secret.metadata.namespace.clone(),
+                    name: secret.metadata.name.clone().unwrap_or_default(),
+                };
+                out.push(check::secret(&secret).map_err(|e| (r, e)));
+                continue;
+            }
+            ("v1", "Service") => {
+                Object::Service(Box::new(from_value::<Service>(value).map_err(err)?))
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                Object::EndpointSlice(Box::new(from_value::<EndpointSlice>(value).map_err(err)?))
+            }
+            ("tabby.dev/v1alpha1", "BGPFilter") => {
+                Object::BgpFilter(Box::new(from_value::<BGPFilter>(value).map_err(err)?))
+            }
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
             _ => {
                 debug!(path = %path.display(), %api, %kind, "skipping a kind the agent does not watch");
                 continue;
             }
         };
-        out.push(default_namespace(obj));
+        let obj = default_namespace(obj);
+        out.push(match check::check(&obj) {
+            Ok(()) => Ok(obj),
+            Err(e) => Err((obj.reference(), e)),
+        });
     }
     Ok(out)
+}
+
+/// The valid objects of one manifest file (invalid ones are dropped; see
+/// [`parse_documents`]).
+pub fn parse_manifests(path: &Path, text: &str) -> Result<Vec<Object>, DatastoreError> {
+    Ok(parse_documents(path, text)?
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect())
 }
 
 fn from_value<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
@@ -85,10 +139,14 @@ fn default_namespace(mut obj: Object) -> Object {
     let meta = match &mut obj {
         Object::Pod(o) => Some(&mut o.metadata),
         Object::NetworkPolicy(o) => Some(&mut o.metadata),
+        Object::Service(o) => Some(&mut o.metadata),
+        Object::EndpointSlice(o) => Some(&mut o.metadata),
         Object::Namespace(_)
         | Object::Node(_)
         | Object::BgpConfiguration(_)
-        | Object::BgpPeer(_) => None,
+        | Object::BgpPeer(_)
+        | Object::Secret(_)
+        | Object::BgpFilter(_) => None,
     };
     if let Some(m) = meta
         && m.namespace.as_deref().is_none_or(str::is_empty)
@@ -116,6 +174,10 @@ fn fingerprint(o: &Object) -> u64 {
         Object::Node(x) => serde_json::to_vec(x),
         Object::BgpConfiguration(x) => serde_json::to_vec(x),
         Object::BgpPeer(x) => serde_json::to_vec(x),
+        Object::Secret(x) => serde_json::to_vec(&(&x.metadata, &x.keys)),
+        Object::BgpFilter(x) => serde_json::to_vec(x),
+        Object::Service(x) => serde_json::to_vec(x),
+        Object::EndpointSlice(x) => serde_json::to_vec(x),
     };
     bytes.unwrap_or_default().hash(&mut h);
     h.finish()
@@ -131,6 +193,10 @@ pub struct DirDatastore {
     owners: HashMap<ObjectRef, (PathBuf, u64)>,
     /// The last barrier number reported.
     barrier: Option<u64>,
+    /// Where refused objects are counted.
+    metrics: Arc<Metrics>,
+    /// The agent's namespace: the only one whose Secrets are read.
+    namespace: String,
 }
 
 /// The file whose number a tool bumps to learn when the agent caught up
@@ -146,7 +212,21 @@ impl DirDatastore {
             files: HashMap::new(),
             owners: HashMap::new(),
             barrier: None,
+            metrics: Arc::new(Metrics::default()),
+            namespace: DEFAULT_NAMESPACE.to_string(),
         }
+    }
+
+    /// Counts refused objects in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Reads the Secrets of `namespace` (the agent's), no other.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
     }
 
     /// Sets the polling interval.
@@ -199,15 +279,35 @@ impl DirDatastore {
                     continue;
                 }
             };
-            let objects = match parse_manifests(&path, &text) {
+            let docs = match parse_documents(&path, &text) {
                 Ok(o) => o,
                 Err(e) => {
                     warn!(error = %e, "keeping the previous contents of a manifest that does not parse");
                     continue;
                 }
             };
-            let mut prints = Vec::with_capacity(objects.len());
-            for o in objects {
+            let mut prints = Vec::with_capacity(docs.len());
+            for doc in docs {
+                let o = match doc {
+                    Ok(o) => o,
+                    Err((r, e)) => {
+                        check::refused(&self.metrics, &path.display().to_string(), &r, &e);
+                        // The last valid version this file gave stays: it is
+                        // still "defined here", so it is not released below.
+                        if let Some((p, fp)) = self.owners.get(&r)
+                            && *p == path
+                        {
+                            prints.push((r, *fp));
+                        }
+                        continue;
+                    }
+                };
+                if let Object::Secret(s) = &o
+                    && s.metadata.namespace.as_deref() != Some(self.namespace.as_str())
+                {
+                    debug!(path = %path.display(), "skipping a Secret outside the agent's namespace");
+                    continue;
+                }
                 let r = o.reference();
                 let fp = fingerprint(&o);
                 prints.push((r.clone(), fp));
@@ -463,10 +563,89 @@ spec: {peerIP: 10.0.0.254, asNumber: 65000}
         assert_eq!(objs[0].kind(), Kind::BgpConfiguration);
         assert_eq!(objs[1].kind(), Kind::BgpPeer);
         assert_eq!(objs[1].reference().namespace, None, "cluster-scoped");
-        let bad = "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: x}\nspec: {peerIP: 1.2.3.4, asNumber: 1, typo: 1}\n";
-        assert!(
-            parse_manifests(Path::new("t.yaml"), bad).is_err(),
-            "unknown fields are errors"
+        let newer = "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: x}\nspec: {peerIP: 1.2.3.4, asNumber: 1, fieldOfANewerTabby: 1}\n";
+        assert_eq!(
+            parse_manifests(Path::new("t.yaml"), newer).unwrap().len(),
+            1,
+            "unknown fields (of a newer tabby) are ignored"
         );
+    }
+
+    async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Event {
+        tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_invalid_object_is_skipped_counted_and_its_last_valid_version_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}\n";
+        std::fs::write(dir.path().join("p.yaml"), good).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let ds = DirDatastore::new(dir.path())
+            .with_poll(Duration::from_millis(20))
+            .with_metrics(metrics.clone());
+        let task = tokio::spawn(ds.run(tx));
+        assert!(matches!(
+            next_event(&mut rx).await,
+            Event::Apply(Object::NetworkPolicy(_))
+        ));
+        for _ in 0..Kind::ALL.len() {
+            assert!(matches!(next_event(&mut rx).await, Event::Prune(..)));
+        }
+        // The same policy, now with a port out of range, and a new
+        // invalid one next to it: neither is delivered, nothing is
+        // deleted; the next event is the sentinel's.
+        let bad = good.replace("port: 80", "port: 70000");
+        let new_bad = "\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: q, namespace: x}\nspec: {podSelector: {matchLabels: {a: \"we b!\"}}}\n";
+        std::fs::write(dir.path().join("p.yaml"), format!("{bad}{new_bad}")).unwrap();
+        let sentinel = "apiVersion: v1\nkind: Namespace\nmetadata: {name: s}\n";
+        std::fs::write(dir.path().join("z.yaml"), sentinel).unwrap();
+        let ev = next_event(&mut rx).await;
+        assert!(matches!(ev, Event::Apply(Object::Namespace(_))), "{ev:?}");
+        assert_eq!(metrics.invalid_objects.get("NetworkPolicy"), 2);
+        // Fixed: delivered again.
+        std::fs::write(
+            dir.path().join("p.yaml"),
+            good.replace("port: 80", "port: 81"),
+        )
+        .unwrap();
+        let ev = next_event(&mut rx).await;
+        assert!(
+            matches!(ev, Event::Apply(Object::NetworkPolicy(_))),
+            "{ev:?}"
+        );
+        // Removing the file still deletes it.
+        std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
+        let ev = next_event(&mut rx).await;
+        assert!(
+            matches!(ev, Event::Delete(ref r) if r.name == "p"),
+            "{ev:?}"
+        );
+        drop(rx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_secrets_of_the_agents_namespace_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = "apiVersion: v1\nkind: Secret\nmetadata: {name: other}\nstringData: {k: v}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: bgp, namespace: tabby}\nstringData: {tor: s3cret}\n";
+        std::fs::write(dir.path().join("s.yaml"), secrets).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let ds = DirDatastore::new(dir.path())
+            .with_poll(Duration::from_millis(20))
+            .with_namespace("tabby");
+        let task = tokio::spawn(ds.run(tx));
+        let Event::Apply(Object::Secret(s)) = next_event(&mut rx).await else {
+            panic!("expected the secret");
+        };
+        assert_eq!(s.metadata.name.as_deref(), Some("bgp"));
+        assert_eq!(s.keys["tor"].expose(), "s3cret");
+        assert!(matches!(next_event(&mut rx).await, Event::Prune(..)));
+        drop(rx);
+        task.await.unwrap();
     }
 }

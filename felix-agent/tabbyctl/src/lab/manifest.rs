@@ -1,11 +1,20 @@
 //! What `lab apply` and `lab delete` accept: multi-document Kubernetes YAML
-//! of Namespaces, Pods, NetworkPolicies and tabby's CRDs, checked whole
-//! before anything changes.
+//! of Namespaces, Pods, NetworkPolicies, Secrets and tabby's CRDs, checked
+//! whole before anything changes. Every object is validated as the API
+//! server validates it (`tabby_policy::validate`, `tabby_crds::validate`),
+//! and refused with the API server's message:
+//!
+//! ```text
+//! f.yaml: document 0: The NetworkPolicy "p" is invalid: spec.ingress[0].ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive
+//! ```
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
-use tabby_crds::{BGPConfiguration, BGPPeer};
+use tabby_crds::password::SecretPasswords;
+use tabby_crds::{BGPConfiguration, BGPFilter, BGPPeer};
+use tabby_policy::validate::{self, FieldError};
 
 /// One document of a lab manifest.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +29,14 @@ pub enum LabObject {
     BgpConfiguration(Box<BGPConfiguration>),
     /// `tabby.dev/v1alpha1/BGPPeer`.
     BgpPeer(Box<BGPPeer>),
+    /// `v1/Secret`: BGP passwords (the agents read those in `kube-system`).
+    Secret(Box<Secret>),
+    /// `tabby.dev/v1alpha1/BGPFilter`.
+    BgpFilter(Box<BGPFilter>),
+    /// `v1/Service`: only read by the agents' BGP (no Service proxy in the lab).
+    Service(Box<Service>),
+    /// `discovery.k8s.io/v1/EndpointSlice`: which nodes host a Service's endpoints.
+    EndpointSlice(Box<EndpointSlice>),
     /// A CustomResourceDefinition: the lab's datastore knows tabby's kinds
     /// already, so applying the CRDs is accepted and changes nothing.
     Crd(String),
@@ -37,22 +54,6 @@ pub struct ManifestError {
     pub detail: String,
 }
 
-/// A DNS-1123 label: what Kubernetes requires of namespace names, and what
-/// the lab needs to name network namespaces after pods.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// A DNS-1123 subdomain (pod and policy names).
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
 impl LabObject {
     /// `Kind/namespace/name` for messages and file names.
     pub fn describe(&self) -> String {
@@ -68,6 +69,18 @@ impl LabObject {
                 format!("BGPConfiguration/{}", name_of(&o.metadata))
             }
             LabObject::BgpPeer(o) => format!("BGPPeer/{}", name_of(&o.metadata)),
+            LabObject::Secret(o) => {
+                format!("Secret/{}/{}", ns_of(&o.metadata), name_of(&o.metadata))
+            }
+            LabObject::BgpFilter(o) => format!("BGPFilter/{}", name_of(&o.metadata)),
+            LabObject::Service(o) => {
+                format!("Service/{}/{}", ns_of(&o.metadata), name_of(&o.metadata))
+            }
+            LabObject::EndpointSlice(o) => format!(
+                "EndpointSlice/{}/{}",
+                ns_of(&o.metadata),
+                name_of(&o.metadata)
+            ),
             LabObject::Crd(name) => format!("CustomResourceDefinition/{name}"),
         }
     }
@@ -83,6 +96,12 @@ impl LabObject {
             }
             LabObject::BgpConfiguration(o) => ("bgpconfiguration", "", name_of(&o.metadata)),
             LabObject::BgpPeer(o) => ("bgppeer", "", name_of(&o.metadata)),
+            LabObject::Secret(o) => ("secret", ns_of(&o.metadata), name_of(&o.metadata)),
+            LabObject::BgpFilter(o) => ("bgpfilter", "", name_of(&o.metadata)),
+            LabObject::Service(o) => ("service", ns_of(&o.metadata), name_of(&o.metadata)),
+            LabObject::EndpointSlice(o) => {
+                ("endpointslice", ns_of(&o.metadata), name_of(&o.metadata))
+            }
             LabObject::Crd(_) => return None,
         };
         Some(object_file(kind, ns, name))
@@ -96,6 +115,16 @@ impl LabObject {
             LabObject::NetworkPolicy(o) => serde_json::to_string_pretty(o),
             LabObject::BgpConfiguration(o) => serde_json::to_string_pretty(o),
             LabObject::BgpPeer(o) => serde_json::to_string_pretty(o),
+            LabObject::Secret(o) => {
+                // k8s-openapi's Secret carries no apiVersion/kind of its own.
+                let mut v = serde_json::to_value(o)?;
+                v["apiVersion"] = "v1".into();
+                v["kind"] = "Secret".into();
+                serde_json::to_string_pretty(&v)
+            }
+            LabObject::BgpFilter(o) => serde_json::to_string_pretty(o),
+            LabObject::Service(o) => serde_json::to_string_pretty(o),
+            LabObject::EndpointSlice(o) => serde_json::to_string_pretty(o),
             LabObject::Crd(_) => Ok(String::new()),
         }
     }
@@ -168,17 +197,32 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
                 LabObject::NetworkPolicy(Box::new(np))
             }
             ("tabby.dev/v1alpha1", "BGPConfiguration") => {
-                LabObject::BgpConfiguration(Box::new(typed(value).map_err(err)?))
+                let c: BGPConfiguration = typed(value).map_err(err)?;
+                c.spec.advertisements().map_err(|e| err(e.to_string()))?;
+                LabObject::BgpConfiguration(Box::new(c))
+            }
+            ("v1", "Service") => {
+                let mut s: Service = typed(value).map_err(err)?;
+                s.metadata.namespace = Some(ns_of(&s.metadata).to_string());
+                LabObject::Service(Box::new(s))
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                let mut e: EndpointSlice = typed(value).map_err(err)?;
+                e.metadata.namespace = Some(ns_of(&e.metadata).to_string());
+                LabObject::EndpointSlice(Box::new(e))
+            }
+            ("tabby.dev/v1alpha1", "BGPFilter") => {
+                let f: BGPFilter = typed(value).map_err(err)?;
+                f.spec.parse().map_err(|e| err(e.to_string()))?;
+                LabObject::BgpFilter(Box::new(f))
             }
             ("tabby.dev/v1alpha1", "BGPPeer") => {
-                let peer: BGPPeer = typed(value).map_err(err)?;
-                if peer.spec.peer_ip.parse::<std::net::IpAddr>().is_err() {
-                    return Err(err(format!(
-                        "spec.peerIP {:?} is not an IP address",
-                        peer.spec.peer_ip
-                    )));
-                }
-                LabObject::BgpPeer(Box::new(peer))
+                LabObject::BgpPeer(Box::new(typed(value).map_err(err)?))
+            }
+            ("v1", "Secret") => {
+                let mut secret: Secret = typed(value).map_err(err)?;
+                secret.metadata.namespace = Some(ns_of(&secret.metadata).to_string());
+                LabObject::Secret(Box::new(secret))
             }
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                 let name = value
@@ -196,46 +240,62 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<LabObject>, ManifestEr
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".into())),
             (api, kind) => {
                 return Err(err(format!(
-                    "{api}/{kind} is not something the lab runs (Namespace, Pod, NetworkPolicy, BGPConfiguration, BGPPeer)"
+                    "{api}/{kind} is not something the lab runs (Namespace, Pod, NetworkPolicy, Secret, Service, EndpointSlice, BGPConfiguration, BGPPeer, BGPFilter)"
                 )));
             }
         };
-        check_names(&obj).map_err(err)?;
+        validate_object(&obj).map_err(|e| err(e.to_string()))?;
         out.push(obj);
     }
     Ok(out)
 }
 
-fn check_names(obj: &LabObject) -> Result<(), String> {
-    let (meta, namespaced, label_only) = match obj {
-        LabObject::Namespace(o) => (&o.metadata, false, true),
-        LabObject::Pod(o) => (&o.metadata, true, false),
-        LabObject::NetworkPolicy(o) => (&o.metadata, true, false),
-        LabObject::BgpConfiguration(o) => (&o.metadata, false, false),
-        LabObject::BgpPeer(o) => (&o.metadata, false, false),
+/// Validates an object as the API server would; the error reads as
+/// kubectl shows the API server's refusal.
+pub fn validate_object(obj: &LabObject) -> Result<(), validate::Invalid> {
+    let (kind, meta, errors): (&str, _, Vec<FieldError>) = match obj {
+        LabObject::Namespace(o) => ("Namespace", &o.metadata, validate::namespace(o)),
+        LabObject::Pod(o) => ("Pod", &o.metadata, validate::pod(o)),
+        LabObject::NetworkPolicy(o) => ("NetworkPolicy", &o.metadata, validate::network_policy(o)),
+        LabObject::BgpConfiguration(o) => (
+            "BGPConfiguration",
+            &o.metadata,
+            tabby_crds::validate::bgp_configuration(o),
+        ),
+        LabObject::BgpPeer(o) => ("BGPPeer", &o.metadata, tabby_crds::validate::bgp_peer(o)),
+        LabObject::Secret(o) => (
+            "Secret",
+            &o.metadata,
+            SecretPasswords::from_secret(o).err().unwrap_or_default(),
+        ),
+        LabObject::BgpFilter(o) => (
+            "BGPFilter",
+            &o.metadata,
+            tabby_crds::validate::bgp_filter(o),
+        ),
+        LabObject::Service(o) => (
+            "Service",
+            &o.metadata,
+            validate::object_meta(
+                &o.metadata,
+                true,
+                validate::NameRule::Label,
+                &validate::Path::new("metadata"),
+            ),
+        ),
+        LabObject::EndpointSlice(o) => (
+            "EndpointSlice",
+            &o.metadata,
+            validate::object_meta(
+                &o.metadata,
+                true,
+                validate::NameRule::Subdomain,
+                &validate::Path::new("metadata"),
+            ),
+        ),
         LabObject::Crd(_) => return Ok(()),
     };
-    let name = name_of(meta);
-    if name.is_empty() {
-        return Err("metadata.name is required".into());
-    }
-    let ok = if label_only {
-        is_dns_label(name)
-    } else {
-        is_dns_subdomain(name)
-    };
-    if !ok {
-        return Err(format!(
-            "metadata.name {name:?} must be lower-case letters, digits and '-'"
-        ));
-    }
-    if namespaced && !is_dns_label(ns_of(meta)) {
-        return Err(format!(
-            "metadata.namespace {:?} must be lower-case letters, digits and '-'",
-            ns_of(meta)
-        ));
-    }
-    Ok(())
+    validate::check(kind, name_of(meta), errors)
 }
 
 /// A port a pod serves: from its containers' `ports`.
@@ -309,6 +369,16 @@ kind: BGPConfiguration
 metadata: {name: default}
 spec: {}
 ---
+apiVersion: v1
+kind: Secret
+metadata: {name: bgp, namespace: kube-system}
+stringData: {tor: s3cret}
+---
+apiVersion: tabby.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: tor-2}
+spec: {peerIP: 10.0.0.253, asNumber: 65000, password: {secretKeyRef: {name: bgp, key: tor}}}
+---
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata: {name: bgppeers.tabby.dev}
@@ -324,6 +394,8 @@ spec: {}
                 "NetworkPolicy/x/deny",
                 "BGPPeer/tor",
                 "BGPConfiguration/default",
+                "Secret/kube-system/bgp",
+                "BGPPeer/tor-2",
                 "CustomResourceDefinition/bgppeers.tabby.dev"
             ]
         );
@@ -352,7 +424,9 @@ spec: {}
             "x",
             "set as the API server does"
         );
-        assert_eq!(objs[5].file_name(), None);
+        assert_eq!(objs[5].file_name().unwrap(), "secret_kube-system_bgp.json");
+        assert!(objs[5].to_json().unwrap().contains("\"kind\": \"Secret\""));
+        assert_eq!(objs[7].file_name(), None);
     }
 
     #[test]
@@ -366,15 +440,23 @@ spec: {}
             ("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "metadata.name"),
             (
                 "apiVersion: v1\nkind: Pod\nmetadata: {name: A_b}\n",
-                "lower-case",
+                "The Pod \"A_b\" is invalid: metadata.name: Invalid value: \"A_b\": a lowercase RFC 1123 subdomain",
             ),
             (
                 "apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n",
-                "lower-case",
+                "metadata.name: Invalid value: \"a.b\": must not contain dots",
             ),
             (
                 "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: nope, asNumber: 1}\n",
-                "not an IP",
+                "spec.peerIP: Invalid value: \"nope\": must be a valid IP address",
+            ),
+            (
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}\n",
+                "The NetworkPolicy \"p\" is invalid: spec.ingress[0].ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            ),
+            (
+                "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {\"a/b\": x}\n",
+                "The Secret \"s\" is invalid: stringData[a/b]",
             ),
             (
                 "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 1.2.3.4}\n",
@@ -396,16 +478,6 @@ spec: {}
             assert_eq!(e.index, 1, "{text}: {e}");
             assert!(e.to_string().contains(want), "{text}: {e}");
             assert!(e.to_string().starts_with("f.yaml: document 1"), "{e}");
-        }
-    }
-
-    #[test]
-    fn dns_labels() {
-        for ok in ["a", "a-b", "x1", &"a".repeat(63)] {
-            assert!(is_dns_label(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
-            assert!(!is_dns_label(bad), "{bad}");
         }
     }
 }

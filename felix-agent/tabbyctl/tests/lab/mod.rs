@@ -3,12 +3,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use tabby_tests::{require_root, require_tool, workspace_bin};
+use tabby_tests::{Netns, require_root, require_tool, workspace_bin};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -35,15 +35,44 @@ fn clean_stale_labs() {
     }
 }
 
+/// The lab's datastore: the two control planes every end-to-end test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The `dir:` datastore (`tabbyctl lab up`).
+    Dir,
+    /// A real control plane (`tabbyctl lab up --kubernetes`).
+    Kubernetes,
+}
+
+/// Instantiates each test `fn name(mode: Mode)` once per mode, as
+/// `dir::name` and `kubernetes::name`.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod dir {
+            $( #[test] fn $name() { super::$name($crate::lab::Mode::Dir) } )*
+        }
+        mod kubernetes {
+            $( #[test] fn $name() { super::$name($crate::lab::Mode::Kubernetes) } )*
+        }
+    };
+}
+
 /// A running lab.
 pub struct Lab {
     pub name: String,
+    pub mode: Mode,
     bin: PathBuf,
 }
 
 impl Lab {
-    /// Starts a lab of `nodes` nodes.
+    /// Starts a `dir:` lab of `nodes` nodes.
     pub fn up(nodes: usize) -> Lab {
+        Lab::up_in(Mode::Dir, nodes)
+    }
+
+    /// Starts a lab of `nodes` nodes on `mode`'s control plane.
+    pub fn up_in(mode: Mode, nodes: usize) -> Lab {
         require_root();
         for t in ["ip", "nft"] {
             require_tool(t);
@@ -56,10 +85,56 @@ impl Lab {
         );
         let lab = Lab {
             name,
+            mode,
             bin: workspace_bin("tabbyctl"),
         };
-        lab.ok(&["up", "--nodes", &nodes.to_string()]);
+        let n = nodes.to_string();
+        match mode {
+            Mode::Dir => lab.ok(&["up", "--nodes", &n]),
+            Mode::Kubernetes => {
+                let bins = repo_root().join("target/k8s/bin");
+                assert!(
+                    bins.join("kube-apiserver").is_file(),
+                    "no Kubernetes binaries in {}: run `bash tests/k8s/build.sh` (tests/setup.sh does)",
+                    bins.display()
+                );
+                lab.ok(&["up", "--kubernetes", "--nodes", &n, "--timeout", "300"])
+            }
+        };
         lab
+    }
+
+    /// `tabbyctl lab kubectl -- <args>` output (fails the test on error).
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["kubectl", "--name", &self.name, "--"];
+        all.extend_from_slice(args);
+        let out = Command::new(&self.bin)
+            .arg("lab")
+            .args(&all)
+            .output()
+            .expect("running tabbyctl");
+        assert!(
+            out.status.success(),
+            "tabbyctl lab kubectl {}:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pod CIDRs of `node` (IPv4 first) from `lab status`.
+    pub fn pod_cidrs(&self, node: &str) -> Vec<String> {
+        self.status()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap_or_else(|| panic!("no node {node}"))["podCIDRs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Runs `tabbyctl lab <args> --name <lab>`.
@@ -239,4 +314,71 @@ pub fn repo_root() -> PathBuf {
 /// Polls `cond` every 100 ms until it holds or `secs` pass.
 pub fn eventually(what: &str, secs: u64, cond: impl FnMut() -> bool) {
     tabby_tests::wait_for(what, Duration::from_secs(secs), cond);
+}
+
+/// A BIRD router in its own namespace, plugged into the lab's fabric.
+pub struct Router {
+    ns: Netns,
+    bird: std::process::Child,
+    ctl: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Router {
+    pub fn attach(lab: &Lab, conf: &str) -> Router {
+        require_tool("bird");
+        require_tool("birdc");
+        let ns = Netns::new("router");
+        let fabric = lab.fabric_netns();
+        let out = Command::new("ip")
+            .args(["-n", &fabric, "link", "add", "rtr0", "type", "veth", "peer"])
+            .args(["name", "eth0", "netns", ns.name()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        ip_in(&fabric, "link set rtr0 master br0 up");
+        ns.ok("ip link set eth0 up");
+        ns.ok("ip addr add 10.99.0.250/24 dev eth0");
+        let dir = tempfile::tempdir().unwrap();
+        let conf_path = dir.path().join("bird.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let ctl = dir.path().join("bird.ctl");
+        let bird = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "bird", "-f", "-c"])
+            .arg(&conf_path)
+            .arg("-s")
+            .arg(&ctl)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Router {
+            ns,
+            bird,
+            ctl,
+            _dir: dir,
+        };
+        eventually("BIRD is up", 30, || {
+            r.cmd("show status").contains("Daemon is up")
+        });
+        r
+    }
+
+    pub fn cmd(&self, c: &str) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.ctl)
+            .args(c.split_whitespace())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.bird.kill();
+        let _ = self.bird.wait();
+        let _ = &self.ns;
+    }
 }
