@@ -42,6 +42,11 @@ rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl 
 
 # `tabbyctl lab up --kubernetes` runs the upstream control plane, built from
 # the Go modules pinned in tests/k8s/go.mod (skipped when up to date).
+# The Go toolchain of these machines lives in /usr/local/go; a CI shell may
+# not have it on PATH.
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
 if ! command -v go >/dev/null 2>&1; then
   echo "tests/setup.sh: no Go toolchain (go) on PATH: needed for tests/k8s/build.sh" >&2
   exit 1

@@ -168,11 +168,29 @@ fn agent_on_recorded_api_programs_node_sets_condition_and_survives_outages() {
     ] {
         server.list_default(path, Reply::Body(fixture(list)));
     }
+    // No Services or EndpointSlices (read for the BGP announcements of
+    // `externalTrafficPolicy: Local` Services).
+    for (path, kind, api) in [
+        ("/api/v1/services", "ServiceList", "v1"),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "EndpointSliceList",
+            "discovery.k8s.io/v1",
+        ),
+    ] {
+        server.list_default(
+            path,
+            Reply::Body(format!(
+                r#"{{"kind":"{kind}","apiVersion":"{api}","metadata":{{"resourceVersion":"48200"}},"items":[]}}"#
+            )),
+        );
+    }
     // A cluster without tabby's CRDs: the agent treats them as empty
     // instead of waiting for them.
     for path in [
         "/apis/tabby.dev/v1alpha1/bgpconfigurations",
         "/apis/tabby.dev/v1alpha1/bgppeers",
+        "/apis/tabby.dev/v1alpha1/bgpfilters",
     ] {
         server.list_default(
             path,

@@ -191,7 +191,7 @@ fn every_document_is_a_valid_api_object_without_unknown_fields() {
     let kinds: BTreeSet<&str> = t.crds.iter().map(|c| c.spec.names.kind.as_str()).collect();
     assert_eq!(
         kinds,
-        BTreeSet::from(["BGPConfiguration", "BGPPeer", "IPPool"])
+        BTreeSet::from(["BGPConfiguration", "BGPFilter", "BGPPeer", "IPPool"])
     );
     assert!(t.policies.len() >= 4);
 }
@@ -449,6 +449,9 @@ fn rbac_grants_what_the_agent_reads_and_writes_only_node_status() {
         ("", "namespaces"),
         ("", "nodes"),
         ("networking.k8s.io", "networkpolicies"),
+        // The BGP announcements of `externalTrafficPolicy: Local` Services.
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
     ] {
         want.insert((g.to_owned(), r.to_owned()), read.clone());
     }
