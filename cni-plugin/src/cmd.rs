@@ -10,7 +10,7 @@ use tabby_common::agent::{self, AgentError, AgentRequest, CniSettings};
 use tabby_common::endpoint::{EndpointRecord, EndpointStore};
 use tabby_common::ipam::AttachmentKey;
 use tabby_common::naming::{
-    GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, format_mac, host_veth_name, is_workload_iface,
+    GATEWAY_V4, GATEWAY_V6, HOST_VETH_MAC, HostIface, format_mac, host_veth_name, is_workload_iface,
 };
 use tabby_sys::{NetNs, Netlink};
 use tracing::{debug, info, warn};
@@ -133,8 +133,8 @@ fn record_host_end<'r>(
     };
     let own = (rec.container_id.as_str(), rec.ifname.as_str()) == key
         && runtime_pod.is_none_or(|p| pod == Some(p))
-        && is_workload_iface(&rec.host_iface)
-        && rec.host_iface == host_veth_name(pod, &rec.container_id, &rec.ifname);
+        && is_workload_iface(rec.host_iface.as_str())
+        && rec.host_iface.as_str() == host_veth_name(pod, &rec.container_id, &rec.ifname);
     if own {
         Some((rec.host_iface.as_str(), rec.host_ifindex))
     } else {
@@ -221,10 +221,17 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         pod_namespace: env.pod_namespace.clone(),
         pod_name: env.pod_name.clone(),
         netns: netns_path.clone(),
-        host_iface: host_name.clone(),
+        // host_veth_name always makes a valid name; the check is the
+        // record's own contract.
+        host_iface: HostIface::parse(&host_name)
+            .map_err(|e| CniError::new(Code::Kernel, "bad host interface name", e.to_string()))?,
         host_ifindex: wired.host_index,
         mac: wired.pod_mac.clone(),
         ips: alloc.ips.clone(),
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok()),
     };
     if let Err(e) = EndpointStore::new(&conf.run_dir).write(&record) {
         unwind(conf, env, &pod_ns, undo);
@@ -508,7 +515,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
     // First the interfaces of valid attachments: a stale record naming one
     // (a forged one, under that pod's identity) must not reach it.
     for rec in records.iter().filter(|r| is_valid(r)) {
-        in_use.insert(rec.host_iface.clone());
+        in_use.insert(String::from(rec.host_iface.clone()));
     }
     for rec in records.iter().filter(|r| !is_valid(r)) {
         let host_end = record_host_end(rec, (&rec.container_id, &rec.ifname), None)

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::json;
-use tabby_common::endpoint::{EndpointRecord, EndpointStore};
+use tabby_common::endpoint::EndpointStore;
 use tabby_tests::{Netns, PluginRun};
 
 fn has_link(ns: &Netns, name: &str) -> bool {
@@ -232,20 +232,26 @@ fn write_record(
     host_iface: &str,
     index: u32,
 ) {
-    EndpointStore::new(&n.run_dir())
-        .write(&EndpointRecord {
-            network: NET.to_string(),
-            container_id: cid.to_string(),
-            ifname: ifname.to_string(),
-            pod_namespace: Some("default".to_string()),
-            pod_name: Some(pod.to_string()),
-            netns: netns.display().to_string(),
-            host_iface: host_iface.to_string(),
-            host_ifindex: index,
-            mac: String::new(),
-            ips: vec![],
-        })
-        .unwrap();
+    // Raw JSON: a forged record may name what `HostIface` cannot hold.
+    let store = EndpointStore::new(&n.run_dir());
+    std::fs::create_dir_all(store.dir()).unwrap();
+    let rec = json!({
+        "network": NET,
+        "containerId": cid,
+        "ifname": ifname,
+        "podNamespace": "default",
+        "podName": pod,
+        "netns": netns.display().to_string(),
+        "hostIface": host_iface,
+        "hostIfindex": index,
+        "mac": "",
+        "ips": [],
+    });
+    std::fs::write(
+        store.path_of(cid, ifname),
+        serde_json::to_vec(&rec).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -279,16 +285,24 @@ fn gc_never_deletes_the_nodes_interfaces_or_another_pods_for_a_forged_record() {
     );
     assert_ping(&n.node, &ipv4_of(&vres));
     assert_ping(&n.node, EXT_V4);
-    // The forged records themselves are gone: they were not valid.
-    for cid in ["f1", "f2", "f3", "f4"] {
-        let ifname = if cid == "f1" { "up0" } else { "eth0" };
+    // The forged records naming a workload interface are gone: they were
+    // not valid. Those naming the uplink never parse as records at all.
+    for cid in ["f3", "f4"] {
         assert!(
             EndpointStore::new(&n.run_dir())
-                .read(cid, ifname)
+                .read(cid, "eth0")
                 .unwrap()
                 .is_none(),
             "{cid}"
         );
+    }
+    for (cid, ifname) in [("f1", "up0"), ("f2", "eth0")] {
+        assert!(
+            EndpointStore::new(&n.run_dir()).read(cid, ifname).is_err(),
+            "{cid}"
+        );
+        // GC leaves files it cannot read as records alone.
+        std::fs::remove_file(EndpointStore::new(&n.run_dir()).path_of(cid, ifname)).unwrap();
     }
     n.del_pod("v1", &victim);
     n.assert_clean();

@@ -2,8 +2,11 @@
 //! in the datastore, 100 of them local. Measures, for each kind of change
 //! (policy add, pod relabel, pod add), the time from the event reaching the
 //! agent to the change being in the kernel (the `nft` transaction done),
-//! and the process's RSS. Runs against real nftables in a fresh network
-//! namespace. Needs root and nft.
+//! and the process's RSS, and the size of each nft transaction (bytes and
+//! commands). Runs the agent's core and driver (`Effects::settle`) against
+//! real nftables in a fresh network namespace; routes and files are the
+//! fakes, and the local endpoints' links are given in the snapshot. Needs
+//! root and nft.
 //!
 //! `cargo bench -p tabby-agent --bench agent [-- --changes N]`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,10 +17,15 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use tabby_agent::agent::{Agent, AgentConfig};
+use tabby_agent::admission::EndpointSnapshot;
+use tabby_agent::agent::{Agent, AgentConfig, Input};
 use tabby_agent::datastore::{Event, Kind, Object};
+use tabby_agent::driver::{Effects, FakeHost};
 use tabby_agent::metrics::Metrics;
-use tabby_common::endpoint::{EndpointRecord, EndpointStore};
+use tabby_agent::nft::NftDataplane;
+use tabby_agent::routes::FakeRoutes;
+use tabby_common::endpoint::{EndpointRecord, RecordFile, record_file_name};
+use tabby_common::naming::HostIface;
 use tabby_tests::{Netns, require_root, require_tool};
 
 const NAMESPACES: usize = 100;
@@ -92,30 +100,46 @@ fn main() {
     // The whole run happens on a thread inside the namespace: nft, which
     // the agent runs, inherits it.
     node.run(|| {
-        let store = EndpointStore::new(&dir.path().join("run"));
+        let mut snapshot = EndpointSnapshot::default();
         for i in 0..LOCAL {
             let ns = i / 10;
             let n = ns * PODS_PER_NS + i % 10;
-            store
-                .write(&EndpointRecord {
-                    network: "k8s".into(),
-                    container_id: format!("c{i}"),
-                    ifname: "eth0".into(),
-                    pod_namespace: Some(format!("ns{ns}")),
-                    pod_name: Some(format!("p{}", i % 10)),
-                    netns: "/var/run/netns/none".into(),
-                    host_iface: tabby_common::naming::host_veth_name(
-                        Some((&format!("ns{ns}"), &format!("p{}", i % 10))),
-                        "c",
-                        "eth0",
-                    ),
-                    host_ifindex: 0,
-                    mac: "02:00:00:00:00:01".into(),
-                    ips: vec![IpNet::from(pod_ip(n).parse::<std::net::IpAddr>().unwrap())],
-                })
-                .unwrap();
+            let iface = tabby_common::naming::host_veth_name(
+                Some((&format!("ns{ns}"), &format!("p{}", i % 10))),
+                "c",
+                "eth0",
+            );
+            let ifindex = 100 + i as u32;
+            snapshot.links.insert(iface.clone(), ifindex);
+            let rec = EndpointRecord {
+                network: "k8s".into(),
+                container_id: format!("c{i}"),
+                ifname: "eth0".into(),
+                pod_namespace: Some(format!("ns{ns}")),
+                pod_name: Some(format!("p{}", i % 10)),
+                netns: "/var/run/netns/none".into(),
+                host_iface: HostIface::parse(&iface).unwrap(),
+                host_ifindex: ifindex,
+                mac: "02:00:00:00:00:01".into(),
+                ips: vec![IpNet::from(pod_ip(n).parse::<std::net::IpAddr>().unwrap())],
+                created_ms: Some(i as u64),
+            };
+            snapshot.records.push(RecordFile {
+                file_name: record_file_name(&rec.container_id, &rec.ifname),
+                modified_ms: None,
+                record: Ok(rec),
+            });
         }
         let metrics = Arc::new(Metrics::default());
+        let mut fx = Effects {
+            dataplane: NftDataplane,
+            routes: FakeRoutes::default(),
+            host: FakeHost {
+                snapshot: snapshot.clone(),
+                ..FakeHost::default()
+            },
+            metrics,
+        };
         let mut agent = Agent::new(
             AgentConfig {
                 node_name: "local".into(),
@@ -124,9 +148,9 @@ fn main() {
                 bgp_port: None,
                 asn: 64512,
             },
-            metrics,
+            Vec::new(),
         );
-        agent.sync_records();
+        fx.settle(&mut agent, Input::Endpoints(snapshot));
         let namespaces: Vec<Object> = (0..NAMESPACES)
             .map(|ns| {
                 Object::Namespace(Box::new(yaml::<Namespace>(&format!(
@@ -147,31 +171,51 @@ fn main() {
             .flat_map(|ns| (0..POLICIES_PER_NS).map(move |k| Object::NetworkPolicy(Box::new(policy(ns, k)))))
             .collect();
         let t = Instant::now();
-        agent.handle_event(Event::Reset(Kind::Namespace, namespaces));
-        agent.handle_event(Event::Reset(Kind::Node, vec![]));
-        agent.handle_event(Event::Reset(Kind::BgpConfiguration, vec![]));
-        agent.handle_event(Event::Reset(Kind::BgpPeer, vec![]));
-        agent.handle_event(Event::Reset(Kind::Secret, vec![]));
-        agent.handle_event(Event::Reset(Kind::Pod, Vec::new()));
+        // Every kind listed once (`Kind::ALL`), or the agent never counts
+        // as synced and nothing is programmed.
+        fx.settle(
+            &mut agent,
+            Input::Datastore(vec![
+                Event::Reset(Kind::Namespace, namespaces),
+                Event::Reset(Kind::Node, vec![]),
+                Event::Reset(Kind::BgpConfiguration, vec![]),
+                Event::Reset(Kind::Secret, vec![]),
+                Event::Reset(Kind::BgpPeer, vec![]),
+                Event::Reset(Kind::BgpFilter, vec![]),
+                Event::Reset(Kind::Service, vec![]),
+                Event::Reset(Kind::EndpointSlice, vec![]),
+                Event::Reset(Kind::Pod, Vec::new()),
+            ]),
+        );
         for p in pods {
-            agent.handle_event(Event::Apply(p));
+            fx.settle(&mut agent, Input::Datastore(vec![Event::Apply(p)]));
         }
-        agent.handle_event(Event::Reset(Kind::NetworkPolicy, policies));
-        agent.program().unwrap();
+        let first = fx.settle(
+            &mut agent,
+            Input::Datastore(vec![Event::Reset(Kind::NetworkPolicy, policies)]),
+        );
+        assert!(agent.ready(), "the first full sync was not programmed");
         let initial = t.elapsed();
+        let initial_bytes: usize = first.applied.iter().map(|a| a.bytes).sum();
         let rss_loaded = rss_mb();
 
-        let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();
+        type Sizes = Vec<(usize, usize)>;
+        let mut results: Vec<(&str, Vec<Duration>, Sizes)> = Vec::new();
         let mut run = |name: &'static str, agent: &mut Agent, ev: &dyn Fn(usize) -> Event| {
             let mut v = Vec::with_capacity(changes);
+            let mut sizes = Vec::with_capacity(changes);
             for i in 0..changes {
                 let e = ev(i);
                 let t = Instant::now();
-                agent.handle_event(e);
-                agent.program().unwrap();
+                let s = fx.settle(agent, Input::Datastore(vec![e]));
                 v.push(t.elapsed());
+                assert!(agent.ready(), "a change was refused by nft");
+                sizes.push((
+                    s.applied.iter().map(|a| a.bytes).sum(),
+                    s.applied.iter().map(|a| a.commands).sum(),
+                ));
             }
-            results.push((name, v));
+            results.push((name, v, sizes));
         };
         // A new policy in a namespace with local pods.
         run("policy add", &mut agent, &|i| {
@@ -199,11 +243,24 @@ fn main() {
             NAMESPACES * PODS_PER_NS,
             LOCAL
         );
-        println!("initial sync (index + full nft table, {rules} rules and elements): {:.0} ms", initial.as_secs_f64() * 1e3);
-        println!("{:<12} {:>9} {:>9} {:>9}", "change", "p50", "p99", "max");
-        for (name, mut v) in results {
+        println!(
+            "initial sync (index + full nft table, {rules} rules and elements, {initial_bytes} bytes): {:.0} ms",
+            initial.as_secs_f64() * 1e3
+        );
+        println!(
+            "{:<12} {:>9} {:>9} {:>9}   {:>22} {:>18}",
+            "change", "p50", "p99", "max", "nft tx bytes mean/max", "commands mean/max"
+        );
+        for (name, mut v, sizes) in results {
             let (p50, p99, max) = (pct(&mut v, 0.5), pct(&mut v, 0.99), pct(&mut v, 1.0));
-            println!("{name:<12} {p50:>7.1}ms {p99:>7.1}ms {max:>7.1}ms   (target p99 < 100 ms)");
+            let n = sizes.len().max(1) as f64;
+            let mean_b = sizes.iter().map(|s| s.0).sum::<usize>() as f64 / n;
+            let max_b = sizes.iter().map(|s| s.0).max().unwrap_or(0);
+            let mean_c = sizes.iter().map(|s| s.1).sum::<usize>() as f64 / n;
+            let max_c = sizes.iter().map(|s| s.1).max().unwrap_or(0);
+            println!(
+                "{name:<12} {p50:>7.1}ms {p99:>7.1}ms {max:>7.1}ms   {mean_b:>13.0} / {max_b:<6} {mean_c:>10.1} / {max_c:<6}  (target p99 < 100 ms)"
+            );
         }
         println!(
             "RSS: {:.1} MB at start, {:.1} MB with everything loaded, {:.1} MB now (target < 50 MB)",

@@ -1,34 +1,51 @@
-//! The agent's state and its one loop: datastore events and CNI requests
-//! in, the policy index updated, the dataplane and routes programmed.
+//! The agent's decisions as a pure state machine: [`Agent::step`] takes one
+//! [`Input`] and returns the [`Output`]s to perform, like the BGP session
+//! FSM (`bgp/src/fsm.rs`). No I/O here: no files, no `nft`, no netlink, no
+//! clock. The driver (`crate::driver`) reads what the core asks for, performs
+//! its outputs through the [`Dataplane`](crate::dataplane::Dataplane),
+//! route and host traits, and feeds every result back as an input.
 //!
-//! Everything runs on one task that owns the index and the dataplane's
-//! compiled state, so programming is never concurrent and needs no locks.
+//! ```text
+//!   datastore events ─┐                       ┌─> Dataplane(change)  ─> DataplaneApplied
+//!   endpoint snapshot ─┤                       ├─> Routes(desired)    ─> RoutesApplied
+//!   CNI requests (id) ─┼──> Agent::step ──────┼─> Blocks, Bgp, Status, Refused
+//!   ticks ─────────────┤                       ├─> ScanEndpoints      ─> Endpoints(snapshot)
+//!   results ──────────┘                       └─> CheckDataplane     ─> DataplaneChecked
+//!                                                 Reply(id) once the change is live
+//! ```
+//!
+//! Programming is incremental: the policy index reports what changed
+//! ([`tabby_policy::Changes`]), and the core sends the dataplane only the
+//! endpoints and sets concerned, diffed against its model of what the
+//! dataplane holds. The dataplane is replaced whole only when that model is
+//! unknown: the first programming, after a refused change, after tampering.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod, PodIP};
 use tabby_common::agent::{AgentRequest, AgentResponse};
-use tabby_common::endpoint::{EndpointRecord, EndpointStore};
-use tabby_common::ipam::{blocks_path, read_blocks, write_blocks};
+use tabby_common::endpoint::{EndpointRecord, RecordFile, record_file_name};
+use tabby_common::naming::HostIface;
 use tabby_crds::{BGPConfigurationSpec, BGPPeerSpec, Filter};
-use tabby_policy::{EndpointPolicy, PodKey, PolicyIndex};
-use tabby_sys::Netlink;
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, info, info_span, warn};
+use tabby_policy::{EndpointPolicy, PodKey, PolicyIndex, PortTriple, SetName};
+use tracing::{debug, info, info_span, warn};
 
+use crate::admission::{self, EndpointSnapshot, Links, Refusal};
 use crate::bgp::{BgpIntent, PeerIntent};
 use crate::bgp_policy::{self, PeerKind};
+use crate::dataplane::{
+    Applied, DataplaneChange, EndpointChange, SetChange, SetMembers, SetRef, set_refs,
+};
 use crate::datastore::{Event, Kind, Object, ObjectRef, Progress};
-use crate::metrics::Metrics;
-use crate::nft::{self, Compiled, EndpointState};
 use crate::peer_secrets::PeerSecrets;
-use crate::routes::{self, EndpointRoute};
+use crate::routes::{DesiredRoutes, EndpointRoute, RouteReport};
 use crate::service_routes::ServiceIndex;
+
+pub use crate::driver::{Request, run};
 
 /// Settings of one agent.
 #[derive(Debug, Clone)]
@@ -45,24 +62,202 @@ pub struct AgentConfig {
     pub asn: u32,
 }
 
-/// A CNI request with the channel its answer goes back on.
-pub type Request = (AgentRequest, oneshot::Sender<AgentResponse>);
+/// Identifies a CNI request until its reply.
+pub type RequestId = u64;
+
+/// A CNI request, as the core sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CniRequest {
+    /// Program this endpoint; `links` are the node's links when it came.
+    Add {
+        /// The record the plugin sent.
+        endpoint: Box<EndpointRecord>,
+        /// The node's links (name -> ifindex), read when the request came.
+        links: Links,
+    },
+    /// The endpoint is gone.
+    Del {
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+    },
+    /// Is the agent able to program endpoints?
+    Status,
+}
+
+impl CniRequest {
+    /// The core's form of a socket request (`links` only matter for ADD).
+    pub fn from_socket(req: AgentRequest, links: Links) -> Self {
+        match req {
+            AgentRequest::Add { endpoint } => CniRequest::Add {
+                endpoint: Box::new(endpoint),
+                links,
+            },
+            AgentRequest::Del {
+                container_id,
+                ifname,
+            } => CniRequest::Del {
+                container_id,
+                ifname,
+            },
+            AgentRequest::Status => CniRequest::Status,
+        }
+    }
+}
+
+/// Everything that can happen to the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Datastore events, in order (everything already queued, taken at once
+    /// so the dataplane is programmed once for the batch).
+    Datastore(Vec<Event>),
+    /// The endpoint record files and the node's links, as read.
+    Endpoints(EndpointSnapshot),
+    /// A request on the CNI socket.
+    Cni {
+        /// Where the reply goes.
+        id: RequestId,
+        /// The request.
+        request: CniRequest,
+    },
+    /// Time passed (every 500 ms).
+    Tick,
+    /// The result of an [`Output::Dataplane`].
+    DataplaneApplied {
+        /// The change's generation.
+        generation: u64,
+        /// What it cost, or why it was refused.
+        result: Result<Applied, String>,
+    },
+    /// The result of an [`Output::Routes`].
+    RoutesApplied(Result<RouteReport, String>),
+    /// The result of an [`Output::CheckDataplane`].
+    DataplaneChecked {
+        /// False when the dataplane was changed behind the agent's back.
+        intact: bool,
+    },
+}
+
+/// Everything the agent asks the driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Apply this change to the policy dataplane; answer with
+    /// [`Input::DataplaneApplied`].
+    Dataplane(DataplaneChange),
+    /// Bring tabby's routes to this; answer with [`Input::RoutesApplied`].
+    Routes(DesiredRoutes),
+    /// Replace the blocks file with these blocks.
+    Blocks(Vec<IpNet>),
+    /// What BGP should do now (sent when it changed).
+    Bgp {
+        /// The router ID (this node's IPv4 address).
+        router_id: Ipv4Addr,
+        /// Peers, AS and announcements.
+        intent: BgpIntent,
+    },
+    /// Answer a CNI request.
+    Reply {
+        /// The request's id.
+        id: RequestId,
+        /// The answer.
+        response: AgentResponse,
+    },
+    /// The agent's status changed.
+    Status(Status),
+    /// An endpoint record was refused (once per file and reason): log it
+    /// and count it in `tabby_endpoints_refused_total{reason}`.
+    Refused(Refusal),
+    /// Read the endpoint records and links; answer with [`Input::Endpoints`].
+    ScanEndpoints,
+    /// Check that the dataplane is intact; answer with
+    /// [`Input::DataplaneChecked`].
+    CheckDataplane,
+}
+
+/// What the agent reports about itself (`/status`, `status.json`, gauges).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub node: String,
+    /// Every kind listed and the result programmed.
+    pub ready: bool,
+    /// The last datastore barrier programmed.
+    pub barrier: Option<u64>,
+    /// Admitted local endpoints.
+    pub endpoints: usize,
+    /// This node's blocks.
+    pub blocks: Vec<IpNet>,
+    /// NetworkPolicies known.
+    pub policies: usize,
+    /// Sets the index keeps.
+    pub sets: usize,
+    /// Pods known.
+    pub pods: usize,
+    /// Ready, blocks known and the routes installed.
+    pub network_ready: bool,
+    /// Each watched kind's position, as of the last programming.
+    pub datastore: BTreeMap<Kind, Progress>,
+}
+
+impl Status {
+    /// The JSON of `/status` and `<run-dir>/status.json`; `bgp` is the
+    /// speaker's state.
+    pub fn to_json(&self, bgp: Option<&serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({
+            "node": self.node,
+            "ready": self.ready,
+            "barrier": self.barrier,
+            "endpoints": self.endpoints,
+            "blocks": self.blocks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "bgp": bgp,
+            "datastore": self.datastore.values().map(|p| {
+                (format!("{:?}", p.kind), serde_json::json!({
+                    "resourceVersion": p.resource_version,
+                    "objects": p.objects,
+                }))
+            }).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+}
+
+/// What the core believes the dataplane holds.
+#[derive(Debug, Clone, Default)]
+struct Programmed {
+    endpoints: BTreeMap<HostIface, (PodKey, EndpointPolicy)>,
+    ip_sets: BTreeMap<SetName, BTreeSet<IpAddr>>,
+    port_sets: BTreeMap<SetName, BTreeSet<PortTriple>>,
+    /// How many programmed endpoints refer to each set.
+    refs: BTreeMap<SetRef, usize>,
+}
 
 /// The agent's state.
 pub struct Agent {
     cfg: AgentConfig,
     index: PolicyIndex,
-    // Keys of what the index holds, per kind, so that a per-kind reset can
-    // delete what disappeared. Full objects stay in the index only: with
-    // 10,000 pods a second copy would double the agent's memory.
-    pod_keys: BTreeSet<PodKey>,
-    ns_keys: BTreeSet<String>,
-    policy_keys: BTreeSet<(String, String)>,
     /// Pods scheduled on this node (or with a local endpoint), kept whole
     /// because their addresses come from the CNI record.
     local_pods: BTreeMap<PodKey, Pod>,
-    endpoints: BTreeMap<String, EndpointRecord>,
-    programmed: Option<Compiled>,
+    /// Record files as last read (plus those handed over the socket).
+    records: BTreeMap<String, RecordFile>,
+    /// The node's links as last read.
+    links: Links,
+    /// Admitted records by host interface.
+    endpoints: BTreeMap<HostIface, EndpointRecord>,
+    /// Refusals already reported, so a bad file is logged once.
+    refused: BTreeMap<String, Refusal>,
+    /// The endpoint records were read at least once.
+    scanned: bool,
+    programmed: Option<Programmed>,
+    /// Endpoints whose record changed since the last programming.
+    dirty: BTreeSet<HostIface>,
+    /// Changes sent and not yet answered: generation -> full.
+    in_flight: BTreeMap<u64, bool>,
+    generation: u64,
+    /// CNI replies waiting for a generation to be applied.
+    waiting: Vec<(u64, RequestId)>,
+    /// Programming failed: try again at the next tick.
+    retry: bool,
     resets: BTreeSet<Kind>,
     blocks: Vec<IpNet>,
     /// Every node's address (InternalIP), for the BGP full mesh.
@@ -79,18 +274,19 @@ pub struct Agent {
     bgp_filters: BTreeMap<String, Filter>,
     /// Services and EndpointSlices, for `externalTrafficPolicy: Local`.
     services: ServiceIndex,
-    /// The node's blocks changed: reconcile routes at the next tick rather
-    /// than within the periodic 10 s (the blackholes, and in a cluster the
-    /// NetworkUnavailable condition, wait on it).
+    /// Routes must be reconciled at the next tick (endpoints or blocks
+    /// changed) rather than within the periodic 10 s.
     routes_dirty: bool,
-    /// The last datastore barrier delivered, and the last one programmed.
+    routes_ok: bool,
     barrier_seen: Option<u64>,
     barrier_done: Option<u64>,
-    /// The watches' positions delivered, and the ones programmed.
+    /// The watches' positions delivered, and the ones programmed (reported
+    /// like the barrier: only once what came before is live).
     progress_seen: BTreeMap<Kind, Progress>,
     progress_done: BTreeMap<Kind, Progress>,
-    netlink: Option<Netlink>,
-    metrics: Arc<Metrics>,
+    ticks: u64,
+    last_status: Option<Status>,
+    last_bgp: Option<(Ipv4Addr, BgpIntent)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -112,13 +308,16 @@ fn pod_key(rec: &EndpointRecord) -> PodKey {
 }
 
 fn key_of(pod: &Pod) -> PodKey {
-    PodKey::new(
-        pod.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        pod.metadata.name.clone().unwrap_or_default(),
-    )
+    tabby_policy::pod_key(pod).unwrap_or_else(|| PodKey::new("default", ""))
+}
+
+/// An object's namespace (`default` when the reference has none).
+fn ns_of(r: &ObjectRef) -> String {
+    r.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+fn ref_key(r: &ObjectRef) -> PodKey {
+    PodKey::new(ns_of(r), r.name.clone())
 }
 
 /// The span of one object's changes, keyed by its reference.
@@ -141,18 +340,6 @@ fn node_address(node: &Node) -> Option<IpAddr> {
         .copied()
 }
 
-/// An error with its causes, for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Everything denied: the policy of an endpoint whose Pod the agent does
 /// not know (yet).
 fn deny_all() -> EndpointPolicy {
@@ -163,18 +350,25 @@ fn deny_all() -> EndpointPolicy {
 }
 
 impl Agent {
-    /// A new agent; nothing is programmed until the first datastore resets.
-    pub fn new(cfg: AgentConfig, metrics: Arc<Metrics>) -> Self {
-        let blocks = read_blocks(&blocks_path(&cfg.data_dir)).unwrap_or_default();
+    /// A new agent with the blocks the blocks file held (the driver reads
+    /// it); nothing is programmed until every kind was listed and the
+    /// endpoint records were read.
+    pub fn new(cfg: AgentConfig, blocks: Vec<IpNet>) -> Self {
         Agent {
             cfg,
             index: PolicyIndex::new(),
-            pod_keys: BTreeSet::new(),
-            ns_keys: BTreeSet::new(),
-            policy_keys: BTreeSet::new(),
             local_pods: BTreeMap::new(),
+            records: BTreeMap::new(),
+            links: Links::new(),
             endpoints: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            scanned: false,
             programmed: None,
+            dirty: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
+            generation: 0,
+            waiting: Vec::new(),
+            retry: false,
             resets: BTreeSet::new(),
             blocks,
             nodes: BTreeMap::new(),
@@ -185,13 +379,20 @@ impl Agent {
             bgp_filters: BTreeMap::new(),
             services: ServiceIndex::default(),
             routes_dirty: false,
+            routes_ok: false,
             barrier_seen: None,
             barrier_done: None,
             progress_seen: BTreeMap::new(),
             progress_done: BTreeMap::new(),
-            netlink: None,
-            metrics,
+            ticks: 0,
+            last_status: None,
+            last_bgp: None,
         }
+    }
+
+    /// The agent's settings.
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
     }
 
     /// True once every kind was listed and the result programmed.
@@ -202,6 +403,135 @@ impl Agent {
     /// True once every kind was listed at least once.
     pub fn synced(&self) -> bool {
         self.resets.len() == Kind::ALL.len()
+    }
+
+    /// Admitted local endpoints, by host interface.
+    pub fn endpoints(&self) -> &BTreeMap<HostIface, EndpointRecord> {
+        &self.endpoints
+    }
+
+    /// Refused endpoint records, by file name.
+    pub fn refused(&self) -> &BTreeMap<String, Refusal> {
+        &self.refused
+    }
+
+    /// The addresses of local endpoints (for tools and tests).
+    pub fn local_ips(&self) -> Vec<IpAddr> {
+        self.endpoints
+            .values()
+            .flat_map(|r| r.ips.iter().map(|i| i.addr()))
+            .collect()
+    }
+
+    /// Takes one input; returns what to do.
+    pub fn step(&mut self, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Datastore(events) => {
+                for ev in events {
+                    self.handle_event(ev, &mut out);
+                }
+                self.program(&mut out);
+            }
+            Input::Endpoints(snapshot) => {
+                self.links = snapshot.links;
+                self.records = snapshot
+                    .records
+                    .into_iter()
+                    .map(|r| (r.file_name.clone(), r))
+                    .collect();
+                self.scanned = true;
+                self.readmit(&mut out);
+                self.program(&mut out);
+            }
+            Input::Cni { id, request } => self.handle_request(id, request, &mut out),
+            Input::Tick => self.tick(&mut out),
+            Input::DataplaneApplied { generation, result } => {
+                self.dataplane_applied(generation, result, &mut out);
+            }
+            Input::RoutesApplied(result) => match result {
+                Ok(_) => self.routes_ok = true,
+                Err(e) => {
+                    warn!(error = %e, "route reconciliation failed");
+                    self.routes_ok = false;
+                }
+            },
+            Input::DataplaneChecked { intact } => {
+                if !intact && self.programmed.is_some() {
+                    warn!("the dataplane was changed behind tabby's back; resyncing");
+                    self.programmed = None;
+                    self.program(&mut out);
+                }
+            }
+        }
+        self.publish(&mut out);
+        out
+    }
+
+    fn tick(&mut self, out: &mut Vec<Output>) {
+        self.ticks += 1;
+        out.push(Output::ScanEndpoints);
+        if self.retry {
+            self.program(out);
+        }
+        if self.ticks.is_multiple_of(4) && self.programmed.is_some() && self.in_flight.is_empty() {
+            out.push(Output::CheckDataplane);
+        }
+        if self.routes_dirty || self.ticks % 20 == 1 {
+            self.routes_dirty = false;
+            out.push(Output::Routes(self.desired_routes()));
+        }
+    }
+
+    fn desired_routes(&self) -> DesiredRoutes {
+        DesiredRoutes {
+            endpoints: self
+                .endpoints
+                .values()
+                .flat_map(|r| {
+                    r.ips.iter().map(|ip| EndpointRoute {
+                        ip: ip.addr(),
+                        iface: r.host_iface.clone(),
+                        ifindex: r.host_ifindex,
+                    })
+                })
+                .collect(),
+            blocks: self.blocks.clone(),
+        }
+    }
+
+    /// What the agent reports about itself now.
+    pub fn status(&self) -> Status {
+        let s = self.index.stats();
+        Status {
+            node: self.cfg.node_name.clone(),
+            ready: self.ready(),
+            barrier: self.barrier_done,
+            endpoints: self.endpoints.len(),
+            blocks: self.blocks.clone(),
+            policies: s.policies,
+            sets: s.ip_sets + s.port_sets,
+            pods: s.pods,
+            network_ready: self.ready() && self.routes_ok && !self.blocks.is_empty(),
+            datastore: self.progress_done.clone(),
+        }
+    }
+
+    /// Status and BGP intent, when they changed.
+    fn publish(&mut self, out: &mut Vec<Output>) {
+        if let Some(port) = self.cfg.bgp_port
+            && self.synced()
+            && let Some((router_id, intent)) = self.bgp_intent(port)
+            && self.last_bgp.as_ref() != Some(&(router_id, intent.clone()))
+        {
+            self.last_bgp = Some((router_id, intent.clone()));
+            out.push(Output::Bgp { router_id, intent });
+        }
+        let status = self.status();
+        if self.last_status.as_ref() != Some(&status) {
+            self.last_status = Some(status.clone());
+            out.push(Output::Status(status));
+        }
     }
 
     /// The Pod as the index should see it: for local endpoints, the
@@ -233,61 +563,40 @@ impl Agent {
             || self.endpoints.values().any(|r| pod_key(r) == *key)
     }
 
-    fn apply_pod(&mut self, pod: Pod) {
+    /// Remembers a pod if local; returns what the index should see.
+    fn track_pod(&mut self, pod: Pod) -> Pod {
         let key = key_of(&pod);
-        self.pod_keys.insert(key.clone());
         let effective = self.effective(&pod);
         if self.is_local(&pod, &key) {
             self.local_pods.insert(key, pod);
         } else {
             self.local_pods.remove(&key);
         }
-        self.index.apply_pod(effective);
+        effective
     }
 
-    fn delete_pod(&mut self, key: &PodKey) {
-        self.pod_keys.remove(key);
-        self.local_pods.remove(key);
-        self.index.delete_pod(key);
-    }
-
-    /// Forgets every object of `kind` that is not in `keep`.
-    fn prune(&mut self, kind: Kind, keep: &[ObjectRef]) {
-        let ns_of = |r: &ObjectRef| r.namespace.clone().unwrap_or_else(|| "default".into());
+    /// Forgets every object of `kind` not in `keep` (the end of a list
+    /// delivered piecewise).
+    fn retain(&mut self, kind: Kind, keep: &[ObjectRef]) {
         match kind {
             Kind::Pod => {
-                let keep: BTreeSet<PodKey> = keep
-                    .iter()
-                    .map(|r| PodKey::new(ns_of(r), r.name.clone()))
-                    .collect();
-                for gone in self.pod_keys.difference(&keep).cloned().collect::<Vec<_>>() {
-                    self.delete_pod(&gone);
-                }
+                let keep: BTreeSet<PodKey> = keep.iter().map(ref_key).collect();
+                self.local_pods.retain(|k, _| keep.contains(k));
+                self.index.retain_pods(|k| keep.contains(k));
             }
             Kind::Namespace => {
-                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
-                for gone in self.ns_keys.difference(&keep).cloned().collect::<Vec<_>>() {
-                    self.ns_keys.remove(&gone);
-                    self.index.delete_namespace(&gone);
-                }
+                let keep: BTreeSet<&str> = keep.iter().map(|r| r.name.as_str()).collect();
+                self.index.retain_namespaces(|n| keep.contains(n));
             }
             Kind::NetworkPolicy => {
-                let keep: BTreeSet<(String, String)> =
-                    keep.iter().map(|r| (ns_of(r), r.name.clone())).collect();
-                for gone in self
-                    .policy_keys
-                    .difference(&keep)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                {
-                    self.policy_keys.remove(&gone);
-                    self.index.delete_policy(&gone.0, &gone.1);
-                }
+                let keep: BTreeSet<PodKey> = keep.iter().map(ref_key).collect();
+                self.index
+                    .retain_policies(|ns, name| keep.contains(&PodKey::new(ns, name)));
             }
             Kind::Node => {
-                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
-                self.nodes.retain(|n, _| keep.contains(n));
-                self.node_blocks.retain(|n, _| keep.contains(n));
+                let keep: BTreeSet<&str> = keep.iter().map(|r| r.name.as_str()).collect();
+                self.nodes.retain(|n, _| keep.contains(n.as_str()));
+                self.node_blocks.retain(|n, _| keep.contains(n.as_str()));
             }
             Kind::BgpConfiguration => {
                 if !keep.iter().any(|r| r.name == "default") {
@@ -295,8 +604,8 @@ impl Agent {
                 }
             }
             Kind::BgpPeer => {
-                let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
-                self.bgp_peers.retain(|n, _| keep.contains(n));
+                let keep: BTreeSet<&str> = keep.iter().map(|r| r.name.as_str()).collect();
+                self.bgp_peers.retain(|n, _| keep.contains(n.as_str()));
             }
             Kind::Secret => {
                 let keep: BTreeSet<String> = keep.iter().map(|r| r.name.clone()).collect();
@@ -318,29 +627,74 @@ impl Agent {
         }
     }
 
-    fn apply(&mut self, o: Object) {
+    /// A complete list of one kind.
+    fn reset(&mut self, kind: Kind, objects: Vec<Object>, out: &mut Vec<Output>) {
+        match kind {
+            Kind::Pod => {
+                let keep: BTreeSet<PodKey> = objects
+                    .iter()
+                    .filter_map(|o| match o {
+                        Object::Pod(p) => Some(key_of(p)),
+                        _ => None,
+                    })
+                    .collect();
+                self.local_pods.retain(|k, _| keep.contains(k));
+                let pods: Vec<Pod> = objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Pod(p) => Some(self.track_pod(*p)),
+                        _ => None,
+                    })
+                    .collect();
+                self.index.reset_pods(pods);
+            }
+            Kind::Namespace => self.index.reset_namespaces(
+                objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Namespace(n) => Some(*n),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Kind::NetworkPolicy => self.index.reset_policies(
+                objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::NetworkPolicy(n) => Some(*n),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Kind::Node
+            | Kind::BgpConfiguration
+            | Kind::BgpPeer
+            | Kind::Secret
+            | Kind::BgpFilter
+            | Kind::Service
+            | Kind::EndpointSlice => {
+                let refs: Vec<ObjectRef> = objects.iter().map(Object::reference).collect();
+                self.retain(kind, &refs);
+                for o in objects {
+                    self.apply(o, out);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, o: Object, out: &mut Vec<Output>) {
         match o {
-            Object::Pod(p) => self.apply_pod(*p),
-            Object::Namespace(n) => {
-                self.ns_keys
-                    .insert(n.metadata.name.clone().unwrap_or_default());
-                self.index.apply_namespace(*n);
+            Object::Pod(p) => {
+                let p = self.track_pod(*p);
+                self.index.apply_pod(p);
             }
-            Object::NetworkPolicy(np) => {
-                self.policy_keys.insert((
-                    np.metadata
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                    np.metadata.name.clone().unwrap_or_default(),
-                ));
-                self.index.apply_policy(*np);
-            }
+            Object::Namespace(n) => self.index.apply_namespace(*n),
+            Object::NetworkPolicy(np) => self.index.apply_policy(*np),
             Object::Node(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 self.nodes.insert(name.clone(), node_address(&n));
                 self.node_blocks.insert(name, bgp_policy::pod_cidrs(&n));
-                self.node_changed(&n);
+                self.node_changed(&n, out);
             }
             Object::BgpConfiguration(c) => {
                 // Only `default` applies, as with Calico; others are
@@ -395,83 +749,17 @@ impl Agent {
         }
     }
 
-    /// Applies one datastore event.
-    pub fn handle_event(&mut self, ev: Event) {
-        match ev {
-            Event::Reset(kind, objects) => {
-                info!(?kind, count = objects.len(), "datastore resync");
-                self.resets.insert(kind);
-                let refs: Vec<ObjectRef> = objects.iter().map(Object::reference).collect();
-                self.prune(kind, &refs);
-                for o in objects {
-                    self.apply(o);
-                }
-            }
-            Event::Prune(kind, keep) => {
-                info!(?kind, count = keep.len(), "datastore resync");
-                self.resets.insert(kind);
-                self.prune(kind, &keep);
-            }
-            Event::Apply(o) => {
-                let r = o.reference();
-                let span = object_span(&r);
-                let _e = span.enter();
-                debug!("apply");
-                self.apply(o);
-            }
-            Event::Delete(r) => {
-                let span = object_span(&r);
-                let _e = span.enter();
-                debug!("delete");
-                self.forget(&r);
-            }
-            Event::Barrier(n) => self.barrier_seen = Some(n),
-            Event::Progress(p) => {
-                self.progress_seen.insert(p.kind, p);
-            }
-        }
-        self.update_metrics();
-    }
-
-    /// Marks the last barrier seen as done: call after programming
-    /// succeeded for everything delivered before it.
-    fn barrier_reached(&mut self) {
-        if self.ready() {
-            self.barrier_done = self.barrier_seen;
-            self.progress_done.clone_from(&self.progress_seen);
-        }
-    }
-
-    /// What `/status` and `<run-dir>/status.json` say: readiness, the last
-    /// barrier done, and BGP's state (`bgp`, from the speaker).
-    pub fn status(&self, bgp: Option<&serde_json::Value>) -> serde_json::Value {
-        serde_json::json!({
-            "node": self.cfg.node_name,
-            "ready": self.ready(),
-            "barrier": self.barrier_done,
-            "endpoints": self.endpoints.len(),
-            "blocks": self.blocks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "bgp": bgp,
-            "datastore": self.progress_done.values().map(|p| {
-                (format!("{:?}", p.kind), serde_json::json!({
-                    "resourceVersion": p.resource_version,
-                    "objects": p.objects,
-                }))
-            }).collect::<serde_json::Map<_, _>>(),
-        })
-    }
-
     fn forget(&mut self, r: &ObjectRef) {
-        let ns = r.namespace.clone().unwrap_or_else(|| "default".into());
         match r.kind {
-            Kind::Pod => self.delete_pod(&PodKey::new(ns, r.name.clone())),
-            Kind::Namespace => {
-                self.ns_keys.remove(&r.name);
-                self.index.delete_namespace(&r.name);
+            Kind::Pod => {
+                let key = ref_key(r);
+                self.local_pods.remove(&key);
+                self.index.delete_pod(&key);
             }
+            Kind::Namespace => self.index.delete_namespace(&r.name),
             Kind::NetworkPolicy => {
-                self.policy_keys.remove(&(ns.clone(), r.name.clone()));
-                self.index.delete_policy(&ns, &r.name);
+                let key = ref_key(r);
+                self.index.delete_policy(&key.namespace, &key.name);
             }
             Kind::Node => {
                 self.nodes.remove(&r.name);
@@ -489,8 +777,498 @@ impl Agent {
             Kind::BgpFilter => {
                 self.bgp_filters.remove(&r.name);
             }
-            Kind::Service => self.services.delete_service(&ns, &r.name),
-            Kind::EndpointSlice => self.services.delete_slice(&ns, &r.name),
+            Kind::Service => self.services.delete_service(&ns_of(r), &r.name),
+            Kind::EndpointSlice => self.services.delete_slice(&ns_of(r), &r.name),
+        }
+    }
+
+    /// Applies one datastore event.
+    fn handle_event(&mut self, ev: Event, out: &mut Vec<Output>) {
+        match ev {
+            Event::Reset(kind, objects) => {
+                info!(?kind, count = objects.len(), "datastore resync");
+                self.resets.insert(kind);
+                self.reset(kind, objects, out);
+            }
+            Event::Prune(kind, keep) => {
+                info!(?kind, count = keep.len(), "datastore resync");
+                self.resets.insert(kind);
+                self.retain(kind, &keep);
+            }
+            Event::Apply(o) => {
+                let r = o.reference();
+                let span = object_span(&r);
+                let _e = span.enter();
+                debug!("apply");
+                self.apply(o, out);
+            }
+            Event::Delete(r) => {
+                let span = object_span(&r);
+                let _e = span.enter();
+                debug!("delete");
+                self.forget(&r);
+            }
+            Event::Barrier(n) => self.barrier_seen = Some(n),
+            Event::Progress(p) => {
+                self.progress_seen.insert(p.kind, p);
+            }
+        }
+    }
+
+    /// This node's blocks come from `spec.podCIDRs` of its Node object.
+    fn node_changed(&mut self, node: &Node, out: &mut Vec<Output>) {
+        if node.metadata.name.as_deref() != Some(self.cfg.node_name.as_str()) {
+            return;
+        }
+        let spec = node.spec.as_ref();
+        let mut cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+        if cidrs.is_empty()
+            && let Some(c) = spec.and_then(|s| s.pod_cidr.clone())
+        {
+            cidrs.push(c);
+        }
+        let blocks: Vec<IpNet> = cidrs
+            .iter()
+            .filter_map(|c| match c.parse::<IpNet>() {
+                Ok(n) => Some(n.trunc()),
+                Err(e) => {
+                    warn!(cidr = %c, error = %e, "ignoring an unparseable podCIDR");
+                    None
+                }
+            })
+            .collect();
+        if blocks == self.blocks || blocks.is_empty() {
+            return;
+        }
+        info!(?blocks, "node blocks changed");
+        out.push(Output::Blocks(blocks.clone()));
+        self.blocks = blocks;
+        self.routes_dirty = true;
+    }
+
+    /// Decides again which records to believe; adopts what changed.
+    fn readmit(&mut self, out: &mut Vec<Output>) {
+        let admitted = admission::admit(self.records.values(), &self.links);
+        for (file, refusal) in &admitted.refused {
+            if self.refused.get(file) != Some(refusal) {
+                warn!(file = %file, reason = refusal.reason.as_str(), detail = %refusal.detail, "endpoint record refused");
+                out.push(Output::Refused(refusal.clone()));
+            }
+        }
+        self.refused = admitted.refused;
+        if admitted.endpoints == self.endpoints {
+            return;
+        }
+        let mut touched: BTreeSet<PodKey> = BTreeSet::new();
+        for (iface, rec) in &self.endpoints {
+            if admitted.endpoints.get(iface) != Some(rec) {
+                self.dirty.insert(iface.clone());
+                touched.insert(pod_key(rec));
+            }
+        }
+        for (iface, rec) in &admitted.endpoints {
+            if self.endpoints.get(iface) != Some(rec) {
+                self.dirty.insert(iface.clone());
+                touched.insert(pod_key(rec));
+            }
+        }
+        self.endpoints = admitted.endpoints;
+        for k in touched {
+            self.reindex_pod(&k);
+        }
+        self.routes_dirty = true;
+    }
+
+    /// Handles a request from the CNI plugin.
+    fn handle_request(&mut self, id: RequestId, req: CniRequest, out: &mut Vec<Output>) {
+        match req {
+            CniRequest::Add { endpoint, links } => {
+                let span =
+                    info_span!("endpoint", pod = %pod_key(&endpoint), iface = %endpoint.host_iface);
+                let _e = span.enter();
+                let file_name = record_file_name(&endpoint.container_id, &endpoint.ifname);
+                self.links = links;
+                self.records.insert(
+                    file_name.clone(),
+                    RecordFile {
+                        file_name: file_name.clone(),
+                        modified_ms: None,
+                        record: Ok(*endpoint),
+                    },
+                );
+                self.readmit(out);
+                if let Some(refusal) = self.refused.get(&file_name) {
+                    let response = AgentResponse::refused(refusal.to_string());
+                    out.push(Output::Reply { id, response });
+                    return;
+                }
+                self.program_then_reply(id, out);
+            }
+            CniRequest::Del {
+                container_id,
+                ifname,
+            } => {
+                self.records
+                    .remove(&record_file_name(&container_id, &ifname));
+                self.readmit(out);
+                self.program_then_reply(id, out);
+            }
+            CniRequest::Status => {
+                let response = if self.ready() {
+                    AgentResponse::ok()
+                } else {
+                    AgentResponse::refused("the agent has not finished its first sync")
+                };
+                out.push(Output::Reply { id, response });
+            }
+        }
+    }
+
+    /// Programs what changed; the reply goes once it is live.
+    fn program_then_reply(&mut self, id: RequestId, out: &mut Vec<Output>) {
+        match self.program(out) {
+            Some(generation) => self.waiting.push((generation, id)),
+            None if !self.in_flight.is_empty() => {
+                // Nothing new, but an earlier change this endpoint may be
+                // part of is still on its way.
+                let last = self.generation;
+                self.waiting.push((last, id));
+            }
+            None if self.ready() => {
+                info!(request = id, "endpoint programmed");
+                out.push(Output::Reply {
+                    id,
+                    response: AgentResponse::ok(),
+                });
+            }
+            None => out.push(Output::Reply {
+                id,
+                response: AgentResponse::refused(
+                    "the agent has not finished its first datastore sync",
+                ),
+            }),
+        }
+    }
+
+    fn can_program(&self) -> bool {
+        // Before the first full sync the index is partial, and before the
+        // records are read the endpoints are: programming now would cut
+        // off pods that a restarted agent's previous table still serves.
+        self.synced() && self.scanned
+    }
+
+    /// Sends the dataplane what changed (everything when its state is
+    /// unknown). Returns the change's generation, or None when nothing was
+    /// sent.
+    fn program(&mut self, out: &mut Vec<Output>) -> Option<u64> {
+        let changes = self.index.take_changes();
+        if !self.can_program() {
+            return None;
+        }
+        let change = match self.programmed.as_mut() {
+            None => {
+                let (programmed, change) = self.full_change();
+                self.programmed = Some(programmed);
+                change
+            }
+            Some(_) => {
+                let mut ifaces = std::mem::take(&mut self.dirty);
+                if !changes.endpoints.is_empty() {
+                    ifaces.extend(
+                        self.endpoints
+                            .iter()
+                            .filter(|(_, r)| changes.endpoints.contains(&pod_key(r)))
+                            .map(|(i, _)| i.clone()),
+                    );
+                }
+                self.incremental_change(&ifaces, &changes.ip_sets, &changes.port_sets)
+            }
+        };
+        self.dirty.clear();
+        self.retry = false;
+        if change.is_empty() {
+            if self.in_flight.is_empty() {
+                self.barrier_reached();
+            }
+            return None;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        self.in_flight.insert(generation, change.full);
+        out.push(Output::Dataplane(DataplaneChange {
+            generation,
+            ..change
+        }));
+        Some(generation)
+    }
+
+    /// Everything delivered so far is programmed: the last barrier and the
+    /// watches' positions seen become the ones reported (only once ready).
+    fn barrier_reached(&mut self) {
+        if self.ready() {
+            self.barrier_done = self.barrier_seen;
+            self.progress_done.clone_from(&self.progress_seen);
+        }
+    }
+
+    /// The policy of one local endpoint.
+    fn endpoint_state(&self, rec: &EndpointRecord) -> (PodKey, EndpointPolicy) {
+        let pod = pod_key(rec);
+        let policy = self.index.endpoint_policy(&pod).unwrap_or_else(deny_all);
+        (pod, policy)
+    }
+
+    fn members(&self, r: &SetRef) -> SetMembers {
+        match r {
+            SetRef::Addrs(n) => {
+                SetMembers::Addrs(self.index.ip_set(n).cloned().unwrap_or_default())
+            }
+            SetRef::Ports(n) => {
+                SetMembers::Ports(self.index.port_set(n).cloned().unwrap_or_default())
+            }
+        }
+    }
+
+    /// Everything, for a dataplane whose state is unknown.
+    fn full_change(&self) -> (Programmed, DataplaneChange) {
+        let mut p = Programmed::default();
+        let mut change = DataplaneChange {
+            full: true,
+            ..Default::default()
+        };
+        for (iface, rec) in &self.endpoints {
+            let (pod, policy) = self.endpoint_state(rec);
+            for r in set_refs(&policy) {
+                *p.refs.entry(r).or_default() += 1;
+            }
+            change.endpoints.push(EndpointChange::Add {
+                iface: iface.clone(),
+                pod: pod.clone(),
+                policy: policy.clone(),
+            });
+            p.endpoints.insert(iface.clone(), (pod, policy));
+        }
+        for r in p.refs.keys() {
+            let members = self.members(r);
+            match (&members, r) {
+                (SetMembers::Addrs(m), SetRef::Addrs(n)) => {
+                    p.ip_sets.insert(n.clone(), m.clone());
+                }
+                (SetMembers::Ports(m), SetRef::Ports(n)) => {
+                    p.port_sets.insert(n.clone(), m.clone());
+                }
+                _ => {}
+            }
+            change.sets.push(SetChange::Create {
+                name: r.name().clone(),
+                members,
+            });
+        }
+        (p, change)
+    }
+
+    /// Only the endpoints in `ifaces` and the sets that changed, against
+    /// what is programmed.
+    fn incremental_change(
+        &mut self,
+        ifaces: &BTreeSet<HostIface>,
+        ip_changed: &BTreeSet<SetName>,
+        port_changed: &BTreeSet<SetName>,
+    ) -> DataplaneChange {
+        let desired: Vec<(HostIface, Option<(PodKey, EndpointPolicy)>)> = ifaces
+            .iter()
+            .map(|i| {
+                (
+                    i.clone(),
+                    self.endpoints.get(i).map(|r| self.endpoint_state(r)),
+                )
+            })
+            .collect();
+        let mut change = DataplaneChange::default();
+        let Some(p) = self.programmed.as_mut() else {
+            return change;
+        };
+        let mut gained: BTreeSet<SetRef> = BTreeSet::new();
+        let mut lost: BTreeSet<SetRef> = BTreeSet::new();
+        for (iface, want) in desired {
+            let have = p.endpoints.get(&iface);
+            if have == want.as_ref() {
+                continue;
+            }
+            let old_refs = have.map(|(_, pol)| set_refs(pol)).unwrap_or_default();
+            let new_refs = want
+                .as_ref()
+                .map(|(_, pol)| set_refs(pol))
+                .unwrap_or_default();
+            for r in old_refs {
+                if let Some(n) = p.refs.get_mut(&r) {
+                    *n -= 1;
+                    if *n == 0 {
+                        p.refs.remove(&r);
+                        lost.insert(r);
+                    }
+                }
+            }
+            for r in new_refs {
+                let n = p.refs.entry(r.clone()).or_default();
+                *n += 1;
+                if *n == 1 {
+                    gained.insert(r);
+                }
+            }
+            change.endpoints.push(match (&want, have.is_some()) {
+                (Some((pod, policy)), false) => EndpointChange::Add {
+                    iface: iface.clone(),
+                    pod: pod.clone(),
+                    policy: policy.clone(),
+                },
+                (Some((pod, policy)), true) => EndpointChange::Update {
+                    iface: iface.clone(),
+                    pod: pod.clone(),
+                    policy: policy.clone(),
+                },
+                (None, _) => EndpointChange::Remove {
+                    iface: iface.clone(),
+                },
+            });
+            match want {
+                Some(v) => p.endpoints.insert(iface, v),
+                None => p.endpoints.remove(&iface),
+            };
+        }
+        // A set lost and regained in one change simply stays.
+        let both: BTreeSet<SetRef> = gained.intersection(&lost).cloned().collect();
+        for r in &both {
+            gained.remove(r);
+            lost.remove(r);
+        }
+        let index = &self.index;
+        for r in &gained {
+            let members = match r {
+                SetRef::Addrs(n) => {
+                    let m = index.ip_set(n).cloned().unwrap_or_default();
+                    p.ip_sets.insert(n.clone(), m.clone());
+                    SetMembers::Addrs(m)
+                }
+                SetRef::Ports(n) => {
+                    let m = index.port_set(n).cloned().unwrap_or_default();
+                    p.port_sets.insert(n.clone(), m.clone());
+                    SetMembers::Ports(m)
+                }
+            };
+            change.sets.push(SetChange::Create {
+                name: r.name().clone(),
+                members,
+            });
+        }
+        // Sets still programmed whose members changed (or that were both
+        // lost and regained: their members may have moved meanwhile).
+        let kept_changed = ip_changed
+            .iter()
+            .map(|n| SetRef::Addrs(n.clone()))
+            .chain(port_changed.iter().map(|n| SetRef::Ports(n.clone())))
+            .chain(both)
+            .filter(|r| !gained.contains(r) && p.refs.contains_key(r))
+            .collect::<BTreeSet<_>>();
+        for r in kept_changed {
+            match &r {
+                SetRef::Addrs(n) => {
+                    let now = index.ip_set(n).cloned().unwrap_or_default();
+                    let before = p.ip_sets.entry(n.clone()).or_default();
+                    let added: BTreeSet<IpAddr> = now.difference(before).copied().collect();
+                    let removed: BTreeSet<IpAddr> = before.difference(&now).copied().collect();
+                    if added.is_empty() && removed.is_empty() {
+                        continue;
+                    }
+                    *before = now;
+                    change.sets.push(SetChange::Update {
+                        name: n.clone(),
+                        added: SetMembers::Addrs(added),
+                        removed: SetMembers::Addrs(removed),
+                    });
+                }
+                SetRef::Ports(n) => {
+                    let now = index.port_set(n).cloned().unwrap_or_default();
+                    let before = p.port_sets.entry(n.clone()).or_default();
+                    let added: BTreeSet<PortTriple> = now.difference(before).copied().collect();
+                    let removed: BTreeSet<PortTriple> = before.difference(&now).copied().collect();
+                    if added.is_empty() && removed.is_empty() {
+                        continue;
+                    }
+                    *before = now;
+                    change.sets.push(SetChange::Update {
+                        name: n.clone(),
+                        added: SetMembers::Ports(added),
+                        removed: SetMembers::Ports(removed),
+                    });
+                }
+            }
+        }
+        for r in lost {
+            match &r {
+                SetRef::Addrs(n) => {
+                    p.ip_sets.remove(n);
+                }
+                SetRef::Ports(n) => {
+                    p.port_sets.remove(n);
+                }
+            }
+            change.sets.push(SetChange::Delete {
+                name: r.name().clone(),
+            });
+        }
+        change
+    }
+
+    fn dataplane_applied(
+        &mut self,
+        generation: u64,
+        result: Result<Applied, String>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(full) = self.in_flight.remove(&generation) else {
+            return;
+        };
+        match result {
+            Ok(_) => {
+                if self.in_flight.is_empty() {
+                    self.barrier_reached();
+                    let (done, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+                        .into_iter()
+                        .partition(|(g, _)| *g <= generation);
+                    self.waiting = later;
+                    for (_, id) in done {
+                        info!(request = id, "endpoint programmed");
+                        out.push(Output::Reply {
+                            id,
+                            response: AgentResponse::ok(),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                // What the dataplane holds is now unknown: replace it whole.
+                self.programmed = None;
+                if !full {
+                    warn!(error = %e, "incremental update failed; replacing the whole dataplane");
+                    if let Some(g) = self.program(out) {
+                        for w in &mut self.waiting {
+                            w.0 = w.0.max(g);
+                        }
+                        return;
+                    }
+                }
+                warn!(error = %e, "cannot program the dataplane; retrying at the next tick");
+                self.retry = true;
+                for (_, id) in std::mem::take(&mut self.waiting) {
+                    out.push(Output::Reply {
+                        id,
+                        response: AgentResponse::refused(format!(
+                            "cannot program the dataplane: {e}"
+                        )),
+                    });
+                }
+            }
         }
     }
 
@@ -616,371 +1394,6 @@ impl Agent {
             },
         ))
     }
-
-    /// This node's blocks come from `spec.podCIDRs` of its Node object.
-    fn node_changed(&mut self, node: &Node) {
-        if node.metadata.name.as_deref() != Some(self.cfg.node_name.as_str()) {
-            return;
-        }
-        let spec = node.spec.as_ref();
-        let mut cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-        if cidrs.is_empty()
-            && let Some(c) = spec.and_then(|s| s.pod_cidr.clone())
-        {
-            cidrs.push(c);
-        }
-        let blocks: Vec<IpNet> = cidrs
-            .iter()
-            .filter_map(|c| match c.parse::<IpNet>() {
-                Ok(n) => Some(n.trunc()),
-                Err(e) => {
-                    warn!(cidr = %c, error = %e, "ignoring an unparseable podCIDR");
-                    None
-                }
-            })
-            .collect();
-        if blocks == self.blocks || blocks.is_empty() {
-            return;
-        }
-        info!(?blocks, "node blocks changed");
-        let written = std::fs::create_dir_all(&self.cfg.data_dir)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                write_blocks(&blocks_path(&self.cfg.data_dir), &blocks).map_err(|e| error_chain(&e))
-            });
-        if let Err(e) = written {
-            error!(error = %e, "cannot write the blocks file");
-        }
-        self.blocks = blocks;
-        self.routes_dirty = true;
-    }
-
-    /// Reads the CNI plugin's endpoint records and adopts what changed
-    /// (the plugin may run without the socket, or the agent may have been
-    /// restarted). Returns true when something changed.
-    pub fn sync_records(&mut self) -> bool {
-        let store = EndpointStore::new(&self.cfg.run_dir);
-        let records = match store.list() {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "cannot list endpoint records");
-                return false;
-            }
-        };
-        let mut now = BTreeMap::new();
-        for r in records {
-            match r {
-                Ok(rec) => {
-                    now.insert(rec.host_iface.clone(), rec);
-                }
-                Err(e) => warn!(error = %e, "skipping an unreadable endpoint record"),
-            }
-        }
-        if now == self.endpoints {
-            return false;
-        }
-        let touched: BTreeSet<PodKey> = self
-            .endpoints
-            .values()
-            .chain(now.values())
-            .map(pod_key)
-            .collect();
-        self.endpoints = now;
-        for k in touched {
-            self.reindex_pod(&k);
-        }
-        true
-    }
-
-    /// Handles a request from the CNI plugin.
-    pub fn handle_request(&mut self, req: AgentRequest) -> AgentResponse {
-        match req {
-            AgentRequest::Add { endpoint } => {
-                let span =
-                    info_span!("endpoint", pod = %pod_key(&endpoint), iface = %endpoint.host_iface);
-                let _e = span.enter();
-                let key = pod_key(&endpoint);
-                self.endpoints.insert(endpoint.host_iface.clone(), endpoint);
-                self.reindex_pod(&key);
-                match self.program() {
-                    Ok(()) => {
-                        info!(known = self.pod_keys.contains(&key), "endpoint programmed");
-                        AgentResponse::ok()
-                    }
-                    Err(e) => AgentResponse::refused(e),
-                }
-            }
-            AgentRequest::Del {
-                container_id,
-                ifname,
-            } => {
-                let gone: Vec<String> = self
-                    .endpoints
-                    .iter()
-                    .filter(|(_, r)| r.container_id == container_id && r.ifname == ifname)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for iface in gone {
-                    if let Some(rec) = self.endpoints.remove(&iface) {
-                        self.reindex_pod(&pod_key(&rec));
-                    }
-                }
-                match self.program() {
-                    Ok(()) => AgentResponse::ok(),
-                    Err(e) => AgentResponse::refused(e),
-                }
-            }
-            AgentRequest::Status => {
-                if self.ready() {
-                    AgentResponse::ok()
-                } else {
-                    AgentResponse::refused("the agent has not finished its first sync")
-                }
-            }
-        }
-    }
-
-    /// Programs the dataplane: the difference from what is in the kernel, or
-    /// the whole table when that is unknown or the difference fails.
-    pub fn program(&mut self) -> Result<(), String> {
-        if !self.synced() {
-            // Before the first full sync the index is partial: programming
-            // now would cut off pods that a restarted agent's previous
-            // table still serves correctly.
-            return Err("the agent has not finished its first datastore sync".into());
-        }
-        let started = Instant::now();
-        let endpoints: BTreeMap<String, EndpointState> = self
-            .endpoints
-            .iter()
-            .map(|(iface, rec)| {
-                let pod = pod_key(rec);
-                let policy = self.index.endpoint_policy(&pod).unwrap_or_else(deny_all);
-                (iface.clone(), EndpointState { pod, policy })
-            })
-            .collect();
-        let compiled = nft::compile_with(&endpoints, &self.index);
-        let _ = self.index.take_changes();
-        if self.programmed.as_ref() == Some(&compiled) {
-            return Ok(());
-        }
-        let result = match &self.programmed {
-            Some(old) => {
-                let script = nft::diff_script(old, &compiled);
-                match nft::apply(&script) {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        warn!(error = %e, "incremental update failed; replacing the whole table");
-                        self.metrics.dataplane_errors.inc();
-                        nft::apply(&nft::full_script(&compiled))
-                    }
-                }
-            }
-            None => nft::apply(&nft::full_script(&compiled)),
-        };
-        match result {
-            Ok(()) => {
-                self.programmed = Some(compiled);
-                self.metrics.programming.observe(started.elapsed());
-                self.update_metrics();
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.dataplane_errors.inc();
-                self.programmed = None;
-                error!(error = %e, "cannot program nftables");
-                Err(e.to_string())
-            }
-        }
-    }
-
-    /// Repairs a table someone deleted or flushed.
-    pub fn check_tamper(&mut self) {
-        if self.programmed.is_some() && !nft::intact() {
-            warn!("the nftables table was changed behind tabby's back; resyncing");
-            self.metrics.resyncs.inc();
-            self.programmed = None;
-            let _ = self.program();
-        }
-    }
-
-    /// Reconciles tabby's routes.
-    pub fn reconcile_routes(&mut self) {
-        if self.netlink.is_none() {
-            match Netlink::open() {
-                Ok(nl) => self.netlink = Some(nl),
-                Err(e) => {
-                    error!(error = %e, "cannot open netlink");
-                    return;
-                }
-            }
-        }
-        let eps: Vec<EndpointRoute> = self
-            .endpoints
-            .values()
-            .flat_map(|r| {
-                r.ips.iter().map(|ip| EndpointRoute {
-                    ip: ip.addr(),
-                    iface: r.host_iface.clone(),
-                })
-            })
-            .collect();
-        if let Some(nl) = self.netlink.as_mut()
-            && let Err(e) = routes::reconcile(nl, &eps, &self.blocks)
-        {
-            error!(error = %e, "route reconciliation failed");
-            self.metrics.dataplane_errors.inc();
-            self.netlink = None;
-        }
-        // Netlink is dropped on failure, so this means the routes are in.
-        if self.netlink.is_some() {
-            self.metrics
-                .set_network_ready(self.ready() && !self.blocks.is_empty());
-        }
-    }
-
-    fn update_metrics(&self) {
-        let s = self.index.stats();
-        self.metrics.set_gauges(
-            self.endpoints.len(),
-            s.policies,
-            s.ip_sets + s.port_sets,
-            s.pods,
-        );
-        self.metrics.set_ready(self.ready());
-    }
-
-    /// The addresses of local endpoints (for tools and tests).
-    pub fn local_ips(&self) -> Vec<IpAddr> {
-        self.endpoints
-            .values()
-            .flat_map(|r| r.ips.iter().map(|i| i.addr()))
-            .collect()
-    }
-}
-
-/// Publishes the agent's status (HTTP `/status` and `<run-dir>/status.json`,
-/// replaced atomically) when it changed.
-fn write_status(
-    agent: &Agent,
-    bgp: &Option<serde_json::Value>,
-    last: &mut Option<serde_json::Value>,
-) {
-    let status = agent.status(bgp.as_ref());
-    if last.as_ref() == Some(&status) {
-        return;
-    }
-    let text = status.to_string();
-    agent.metrics.set_status(text.clone());
-    let path = agent.cfg.run_dir.join("status.json");
-    let tmp = agent.cfg.run_dir.join(".status.json.tmp");
-    let written = std::fs::write(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        warn!(path = %path.display(), error = %e, "cannot write the status file");
-        return;
-    }
-    *last = Some(status);
-}
-
-/// Runs the agent until `events` closes or `shutdown` fires. The dataplane
-/// is left in place on exit so pods keep working while the agent restarts.
-pub async fn run(
-    mut agent: Agent,
-    mut events: mpsc::Receiver<Event>,
-    mut requests: mpsc::Receiver<Request>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
-    let mut pending_program = false;
-    let mut bgp: Option<crate::bgp::Bgp> = None;
-    let mut last_bgp: Option<serde_json::Value> = None;
-    let mut last_status: Option<serde_json::Value> = None;
-    // The endpoints a previous run wired are known before the first
-    // programming, so a restarted agent never programs a table without them.
-    tokio::task::block_in_place(|| agent.sync_records());
-    loop {
-        if let Some(port) = agent.cfg.bgp_port
-            && agent.synced()
-            && let Some((router_id, intent)) = agent.bgp_intent(port)
-        {
-            if let Some(b) = bgp.as_ref()
-                && b.asn() != intent.asn
-            {
-                info!(
-                    from = b.asn(),
-                    to = intent.asn,
-                    "the AS changed; restarting BGP"
-                );
-                b.stop_hard().await;
-                bgp = None;
-            }
-            if bgp.is_none() {
-                match crate::bgp::Bgp::start(router_id, port, &intent).await {
-                    Ok(b) => bgp = Some(b),
-                    Err(e) => error!(error = %e, "cannot start BGP"),
-                }
-            }
-            if let Some(b) = bgp.as_mut() {
-                b.apply(&intent).await;
-            }
-        }
-        tokio::select! {
-            ev = events.recv() => {
-                let Some(ev) = ev else { break };
-                agent.handle_event(ev);
-                // Take everything already queued before programming once.
-                while let Ok(ev) = events.try_recv() {
-                    agent.handle_event(ev);
-                }
-                if agent.synced() {
-                    let programmed = tokio::task::block_in_place(|| agent.program());
-                    pending_program = programmed.is_err();
-                    if programmed.is_ok() {
-                        agent.barrier_reached();
-                    }
-                } else {
-                    pending_program = true;
-                }
-                write_status(&agent, &last_bgp, &mut last_status);
-            }
-            req = requests.recv() => {
-                let Some((req, reply)) = req else { continue };
-                let resp = tokio::task::block_in_place(|| agent.handle_request(req));
-                let _ = reply.send(resp);
-            }
-            _ = tick.tick() => {
-                ticks += 1;
-                tokio::task::block_in_place(|| {
-                    let changed = agent.sync_records();
-                    if (changed || pending_program) && agent.synced() {
-                        pending_program = agent.program().is_err();
-                        if !pending_program {
-                            agent.barrier_reached();
-                        }
-                    }
-                    if ticks.is_multiple_of(4) {
-                        agent.check_tamper();
-                    }
-                    if changed || agent.routes_dirty || ticks % 20 == 1 {
-                        agent.routes_dirty = false;
-                        agent.reconcile_routes();
-                    }
-                });
-                agent.update_metrics();
-                if let Some(b) = bgp.as_ref() {
-                    last_bgp = b.status_json().await;
-                }
-                write_status(&agent, &last_bgp, &mut last_status);
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    if let Some(b) = bgp {
-        b.stop().await;
-    }
-    info!("agent stopping; the dataplane and routes stay in place");
 }
 
 #[cfg(test)]
@@ -1000,7 +1413,7 @@ mod tests {
                 bgp_port: Some(1179),
                 asn: DEFAULT_TEST_ASN,
             },
-            Arc::new(Metrics::default()),
+            Vec::new(),
         )
     }
 
@@ -1008,7 +1421,7 @@ mod tests {
 
     fn feed(a: &mut Agent, yaml: &str) {
         for o in parse_manifests(std::path::Path::new("t.yaml"), yaml).unwrap() {
-            a.handle_event(Event::Apply(o));
+            a.step(Input::Datastore(vec![Event::Apply(o)]));
         }
     }
 
@@ -1086,7 +1499,10 @@ status: {addresses: [{type: InternalIP, address: 10.0.0.3}]}
         assert_eq!(intent.asn, 64512, "asNumber defaults to 64512");
         assert!(intent.peers.is_empty());
         // Deleting it restores the defaults.
-        a.handle_event(Event::Prune(Kind::BgpConfiguration, vec![]));
+        a.step(Input::Datastore(vec![Event::Prune(
+            Kind::BgpConfiguration,
+            vec![],
+        )]));
         assert_eq!(peers(&a).len(), 2);
     }
 
@@ -1149,21 +1565,21 @@ spec: {peerIP: "10.0.0.300", asNumber: 65000}
             external.port, 179,
             "external peers are on the standard port"
         );
-        a.handle_event(Event::Delete(ObjectRef {
+        a.step(Input::Datastore(vec![Event::Delete(ObjectRef {
             kind: Kind::BgpPeer,
             namespace: None,
             name: "tor".into(),
-        }));
+        })]));
         assert_eq!(peers(&a).len(), 2);
     }
 
     #[test]
     fn a_barrier_is_done_only_once_the_agent_is_ready() {
         let mut a = agent("n1");
-        a.handle_event(Event::Barrier(3));
-        a.barrier_reached();
-        assert_eq!(a.status(None)["barrier"], serde_json::Value::Null);
-        assert_eq!(a.status(None)["ready"], false);
+        a.step(Input::Datastore(vec![Event::Barrier(3)]));
+        let status = a.last_status.clone().unwrap();
+        assert_eq!(status.barrier, None);
+        assert!(!status.ready);
     }
 
     #[test]

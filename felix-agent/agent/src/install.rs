@@ -13,7 +13,6 @@
 //! are not ours.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -220,17 +219,6 @@ pub fn install(cfg: &InstallConfig) -> Result<Report, InstallError> {
     })
 }
 
-/// The temporary name `path` is written under first: hidden, and ending in
-/// `.tmp`, which no runtime loads as a configuration (they read `.conf`,
-/// `.conflist` and `.json`) and kubelet never execs.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
 /// Writes `content` to `path` with `mode` through a temporary file and a
 /// rename, unless `path` already holds exactly that content and mode.
 pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<Outcome, InstallError> {
@@ -257,37 +245,11 @@ pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<Outcom
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(write_err(dir))?;
     }
-    let tmp = temp_path(path);
-    let written = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(content)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        // On disk before the rename: after a power loss the name must not
-        // point at an empty plugin that kubelet would exec.
-        f.sync_all()
-    })();
-    if let Err(source) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(InstallError::Write {
-            path: tmp.clone(),
-            source,
-        });
-    }
-    // Replacing a running binary by rename is fine (its inode lives on
-    // until the last exec ends); writing into it would fail with ETXTBSY.
-    if let Err(source) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(InstallError::Write {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    if let Some(dir) = path.parent()
-        && let Ok(d) = fs::File::open(dir)
-    {
-        // The rename itself durable; failing here changes nothing visible.
-        let _ = d.sync_all();
-    }
+    // Durable: after a power loss the name must not point at an empty
+    // plugin that kubelet would exec. The temporary name
+    // (`<name>.tmp.<pid>.<n>`) is one no runtime loads as a configuration
+    // (they read `.conf`, `.conflist` and `.json`) and kubelet never execs.
+    tabby_common::atomic::write_atomic_durable(path, content, mode).map_err(write_err(path))?;
     Ok(Outcome::Written)
 }
 
@@ -362,14 +324,6 @@ mod tests {
         c.network_name = "a/b".into();
         assert!(c.validate().is_err());
         assert!(cfg().validate().is_ok());
-    }
-
-    #[test]
-    fn temp_names_are_hidden_in_the_same_directory_and_end_in_tmp() {
-        let t = temp_path(Path::new("/etc/cni/net.d/10-tabby.conflist"));
-        assert_eq!(t.parent(), Some(Path::new("/etc/cni/net.d")));
-        let name = t.file_name().unwrap().to_str().unwrap();
-        assert!(name.starts_with(".10-tabby.conflist.") && name.ends_with(".tmp"));
     }
 
     #[test]

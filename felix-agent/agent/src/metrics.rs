@@ -112,6 +112,8 @@ pub struct Metrics {
     pub dataplane_errors: Counter,
     /// Full resyncs after the table was tampered with.
     pub resyncs: Counter,
+    /// Endpoint records refused, per reason.
+    endpoints_refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Objects refused at the datastore boundary, by kind.
     pub invalid_objects: LabeledCounter,
     /// CNI connections closed unserved, per [`Refusal`] (in `Refusal::ALL` order).
@@ -175,6 +177,21 @@ impl Metrics {
             .send_if_modified(|v| std::mem::replace(v, up) != up);
     }
 
+    /// Counts a refused endpoint record.
+    pub fn endpoint_refused(&self, reason: crate::admission::RefusalReason) {
+        if let Ok(mut m) = self.endpoints_refused.lock() {
+            *m.entry(reason.as_str()).or_default() += 1;
+        }
+    }
+
+    /// Refused endpoint records of one reason so far.
+    pub fn endpoints_refused(&self, reason: crate::admission::RefusalReason) -> u64 {
+        self.endpoints_refused
+            .lock()
+            .map(|m| m.get(reason.as_str()).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     /// Follows [`Metrics::set_network_ready`].
     pub fn network_ready(&self) -> tokio::sync::watch::Receiver<bool> {
         self.network_ready.subscribe()
@@ -223,6 +240,14 @@ impl Metrics {
             "# HELP tabby_resyncs_total Full resyncs after the table was changed by someone else.\n# TYPE tabby_resyncs_total counter\ntabby_resyncs_total {}\n",
             self.resyncs.get()
         ));
+        out.push_str("# HELP tabby_endpoints_refused_total Endpoint records refused (never programmed), per reason.\n# TYPE tabby_endpoints_refused_total counter\n");
+        for reason in crate::admission::RefusalReason::ALL {
+            out.push_str(&format!(
+                "tabby_endpoints_refused_total{{reason=\"{}\"}} {}\n",
+                reason.as_str(),
+                self.endpoints_refused(reason)
+            ));
+        }
         out.push_str("# HELP tabby_invalid_objects_total Objects refused by validation (the last valid version stays in force), by kind.\n# TYPE tabby_invalid_objects_total counter\n");
         if let Ok(counts) = self.invalid_objects.0.lock() {
             let mut kinds: std::collections::BTreeSet<&str> = OBJECT_KINDS.into_iter().collect();

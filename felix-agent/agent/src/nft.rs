@@ -28,10 +28,12 @@
 //! ```
 //!
 //! Policy changes that only move pods in or out of a selector change set
-//! elements, not rules. The agent keeps the compiled form of what it last
-//! programmed and sends only the difference; it never needs to parse the
-//! ruleset back (verdict maps do not round-trip through `nft -j`), except to
-//! notice that someone flushed the table, which triggers a full resync.
+//! elements, not rules. The agent's core keeps the model of what it
+//! programmed and sends a [`DataplaneChange`] naming only what changed;
+//! [`change_script`] turns it into one transaction (or the whole table for
+//! a full change). The ruleset is never parsed back (verdict maps do not
+//! round-trip through `nft -j`), except to notice that someone flushed the
+//! table, which triggers a full resync.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -41,6 +43,10 @@ use std::process::{Command, Stdio};
 
 use tabby_policy::{
     EndpointPolicy, Peer, PeerMatch, PodKey, PortMatch, PortRange, PortTriple, Protocol, Rule,
+};
+
+use crate::dataplane::{
+    Applied, Dataplane, DataplaneChange, DataplaneError, EndpointChange, SetChange, SetMembers,
 };
 
 /// The table tabby owns.
@@ -470,6 +476,198 @@ pub fn diff_script(old: &Compiled, new: &Compiled) -> String {
         let _ = writeln!(s, "delete set inet {t} {name}");
     }
     s
+}
+
+/// The nft set names (v4, v6) of an index set.
+fn family_sets(set: &str, ports: bool) -> [(String, SetType); 2] {
+    let (t4, t6) = if ports {
+        (SetType::V4Port, SetType::V6Port)
+    } else {
+        (SetType::V4, SetType::V6)
+    };
+    [(nft_set_name(set, t4), t4), (nft_set_name(set, t6), t6)]
+}
+
+/// The elements of a set's members in one family, as nft writes them.
+fn member_elements(members: &SetMembers, v4: bool) -> BTreeSet<String> {
+    match members {
+        SetMembers::Addrs(m) => m
+            .iter()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(element)
+            .collect(),
+        SetMembers::Ports(m) => m
+            .iter()
+            .filter(|(ip, _, _)| ip.is_ipv4() == v4)
+            .map(|(ip, p, port)| format!("{} . {} . {port}", element(ip), proto_name(*p)))
+            .collect(),
+    }
+}
+
+/// The table a full change describes.
+pub fn compile_change(change: &DataplaneChange) -> Compiled {
+    let mut d = Desired::default();
+    for e in &change.endpoints {
+        if let EndpointChange::Add { iface, pod, policy }
+        | EndpointChange::Update { iface, pod, policy } = e
+        {
+            d.endpoints.insert(
+                iface.to_string(),
+                EndpointState {
+                    pod: pod.clone(),
+                    policy: policy.clone(),
+                },
+            );
+        }
+    }
+    for s in &change.sets {
+        if let SetChange::Create { name, members } = s {
+            match members {
+                SetMembers::Addrs(m) => {
+                    d.ip_sets.insert(name.clone(), m.clone());
+                }
+                SetMembers::Ports(m) => {
+                    d.port_sets.insert(name.clone(), m.clone());
+                }
+            }
+        }
+    }
+    compile(&d)
+}
+
+/// The nft script of a change: the whole table for a full change, else
+/// one transaction that touches only the sets and endpoints named. In
+/// order: sets made or filled (so rules can refer to them), endpoint
+/// chains, dispatch of new endpoints (only once their chains exist), then
+/// gone endpoints unhooked before their chains and sets are deleted.
+pub fn change_script(change: &DataplaneChange) -> String {
+    if change.full {
+        return full_script(&compile_change(change));
+    }
+    let t = TABLE;
+    let mut s = String::new();
+    for set in &change.sets {
+        match set {
+            SetChange::Create { name, members } => {
+                let ports = matches!(members, SetMembers::Ports(_));
+                for (v4, (nft_name, ty)) in [true, false].into_iter().zip(family_sets(name, ports))
+                {
+                    let _ = writeln!(s, "add set inet {t} {nft_name} {{ type {}; }}", ty.nft());
+                    let elements = member_elements(members, v4);
+                    if !elements.is_empty() {
+                        let _ = writeln!(
+                            s,
+                            "add element inet {t} {nft_name} {{ {} }}",
+                            join(elements.iter())
+                        );
+                    }
+                }
+            }
+            SetChange::Update {
+                name,
+                added,
+                removed,
+            } => {
+                let ports = matches!(added, SetMembers::Ports(_));
+                for (v4, (nft_name, _)) in [true, false].into_iter().zip(family_sets(name, ports)) {
+                    let add = member_elements(added, v4);
+                    if !add.is_empty() {
+                        let _ = writeln!(
+                            s,
+                            "add element inet {t} {nft_name} {{ {} }}",
+                            join(add.iter())
+                        );
+                    }
+                    let del = member_elements(removed, v4);
+                    if !del.is_empty() {
+                        let _ = writeln!(
+                            s,
+                            "delete element inet {t} {nft_name} {{ {} }}",
+                            join(del.iter())
+                        );
+                    }
+                }
+            }
+            SetChange::Delete { .. } => {}
+        }
+    }
+    let mut unused = Vec::new();
+    for e in &change.endpoints {
+        let (iface, policy, new) = match e {
+            EndpointChange::Add { iface, policy, .. } => (iface, policy, true),
+            EndpointChange::Update { iface, policy, .. } => (iface, policy, false),
+            EndpointChange::Remove { .. } => continue,
+        };
+        for (name, rules) in [
+            (
+                in_chain(iface.as_str()),
+                endpoint_chain(policy.ingress.as_ref(), "saddr", &mut unused),
+            ),
+            (
+                out_chain(iface.as_str()),
+                endpoint_chain(policy.egress.as_ref(), "daddr", &mut unused),
+            ),
+        ] {
+            if new {
+                let _ = writeln!(s, "add chain inet {t} {name}");
+            } else {
+                let _ = writeln!(s, "flush chain inet {t} {name}");
+            }
+            for r in rules {
+                let _ = writeln!(s, "add rule inet {t} {name} {r}");
+            }
+        }
+    }
+    for e in &change.endpoints {
+        if let EndpointChange::Add { iface: w, .. } = e {
+            let _ = writeln!(s, "add element inet {t} workloads {{ \"{w}\" }}");
+            let _ = writeln!(
+                s,
+                "add element inet {t} ep_from {{ \"{w}\" : goto out_{w} }}"
+            );
+            let _ = writeln!(s, "add element inet {t} ep_to {{ \"{w}\" : goto in_{w} }}");
+        }
+    }
+    for e in &change.endpoints {
+        if let EndpointChange::Remove { iface: w } = e {
+            let _ = writeln!(s, "delete element inet {t} ep_from {{ \"{w}\" }}");
+            let _ = writeln!(s, "delete element inet {t} ep_to {{ \"{w}\" }}");
+            let _ = writeln!(s, "delete element inet {t} workloads {{ \"{w}\" }}");
+            let _ = writeln!(s, "delete chain inet {t} {}", in_chain(w.as_str()));
+            let _ = writeln!(s, "delete chain inet {t} {}", out_chain(w.as_str()));
+        }
+    }
+    for set in &change.sets {
+        if let SetChange::Delete { name } = set {
+            // Both kinds of an index set share the nft names.
+            for (nft_name, _) in family_sets(name, false) {
+                let _ = writeln!(s, "delete set inet {t} {nft_name}");
+            }
+        }
+    }
+    s
+}
+
+/// The nftables dataplane: one table, one `nft -f` transaction per change.
+#[derive(Debug, Default)]
+pub struct NftDataplane;
+
+impl Dataplane for NftDataplane {
+    fn apply(&mut self, change: &DataplaneChange) -> Result<Applied, DataplaneError> {
+        let script = change_script(change);
+        apply(&script).map_err(|e| match e {
+            NftError::Spawn(e) => DataplaneError::Unavailable(e.to_string()),
+            NftError::Refused { stderr } => DataplaneError::Refused(stderr),
+        })?;
+        Ok(Applied {
+            bytes: script.len(),
+            commands: script.lines().count(),
+        })
+    }
+
+    fn intact(&mut self) -> bool {
+        intact()
+    }
 }
 
 fn join<'a>(items: impl Iterator<Item = &'a String>) -> String {

@@ -6,10 +6,9 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use tabby_agent::agent::{Agent, AgentConfig};
+use tabby_agent::agent::{Agent, AgentConfig, Input};
 use tabby_agent::datastore::dir::parse_manifests;
 use tabby_agent::datastore::{Event, Kind, ObjectRef};
-use tabby_agent::metrics::Metrics;
 
 const SECRET_TEXT: &str = "s3cret-of-the-tor";
 
@@ -35,13 +34,13 @@ fn agent(dir: &tempfile::TempDir) -> Agent {
             bgp_port: Some(1179),
             asn: 64512,
         },
-        Arc::new(Metrics::default()),
+        Vec::new(),
     )
 }
 
 fn feed(a: &mut Agent, yaml: &str) {
     for o in parse_manifests(std::path::Path::new("t.yaml"), yaml).unwrap() {
-        a.handle_event(Event::Apply(o));
+        a.step(Input::Datastore(vec![Event::Apply(o)]));
     }
 }
 
@@ -102,11 +101,11 @@ fn a_peer_password_comes_from_the_secret_it_names_and_follows_it() {
     assert_eq!(tor_password(&a), Some(Some(SECRET_TEXT.into())));
     feed(&mut a, &secret("rotated"));
     assert_eq!(tor_password(&a), Some(Some("rotated".into())));
-    a.handle_event(Event::Delete(ObjectRef {
+    a.step(Input::Datastore(vec![Event::Delete(ObjectRef {
         kind: Kind::Secret,
         namespace: Some("kube-system".into()),
         name: "tabby-bgp-passwords".into(),
-    }));
+    })]));
     assert_eq!(tor_password(&a), None);
     // The deprecated inline form still works.
     feed(
@@ -129,7 +128,7 @@ fn a_password_never_appears_in_logs_status_or_the_debug_of_the_bgp_intent() {
                 "apiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{peerIP: 10.0.0.254, asNumber: 65000, password: {{secretKeyRef: {{name: tabby-bgp-passwords, key: tor}}}}}}\n---\napiVersion: tabby.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: old}}\nspec: {{peerIP: 10.0.0.253, asNumber: 65000, password: {SECRET_TEXT}}}\n"
             ),
         );
-        a.handle_event(Event::Prune(Kind::Secret, vec![]));
+        a.step(Input::Datastore(vec![Event::Prune(Kind::Secret, vec![])]));
         let _ = a.bgp_intent(1179);
     });
     // The inline form's deprecation warning is said once per process, so
@@ -142,6 +141,6 @@ fn a_password_never_appears_in_logs_status_or_the_debug_of_the_bgp_intent() {
     let debug = format!("{intent:?} {intent:#?}");
     assert!(!debug.contains(SECRET_TEXT), "{debug}");
     assert!(debug.contains("<redacted>"), "{debug}");
-    let status = a.status(None).to_string();
+    let status = a.status().to_json(None).to_string();
     assert!(!status.contains(SECRET_TEXT), "{status}");
 }

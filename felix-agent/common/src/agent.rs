@@ -62,12 +62,11 @@ impl CniSettings {
     /// Writes the settings under `run_dir` atomically.
     pub fn write(&self, run_dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(run_dir)?;
-        let tmp = run_dir.join(format!(".{CNI_SETTINGS_FILE}.{}", std::process::id()));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, run_dir.join(CNI_SETTINGS_FILE))
+        crate::atomic::write_atomic(
+            &run_dir.join(CNI_SETTINGS_FILE),
+            &serde_json::to_vec(self).map_err(std::io::Error::other)?,
+            0o644,
+        )
     }
 
     /// The timeout as a duration.

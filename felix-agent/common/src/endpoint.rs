@@ -2,11 +2,13 @@
 //! under `<runDir>/endpoints/` for the agent to read. `runDir` is a tmpfs
 //! (`/run/tabby`), so records vanish at reboot together with the pods.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::atomic::{is_temp_of, write_atomic};
+use crate::naming::HostIface;
 
 /// One pod interface wired by tabby.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,8 +28,9 @@ pub struct EndpointRecord {
     pub pod_name: Option<String>,
     /// The pod's network namespace path.
     pub netns: String,
-    /// Host-side interface name.
-    pub host_iface: String,
+    /// Host-side interface name; a record naming anything but a tabby
+    /// workload interface does not parse.
+    pub host_iface: HostIface,
     /// Host-side interface index, to tell a stale record from a new link
     /// that reuses the name.
     pub host_ifindex: u32,
@@ -35,6 +38,29 @@ pub struct EndpointRecord {
     pub mac: String,
     /// The pod's addresses, as host prefixes (/32, /128).
     pub ips: Vec<IpNet>,
+    /// When the plugin wrote the record (milliseconds since the Unix
+    /// epoch): of two records claiming one interface or address, the older
+    /// wins. Absent in records of older plugins (the file's mtime is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<u64>,
+}
+
+/// One file of the record directory as read, for the agent to judge: the
+/// record's admission depends on the file's name and age, not only on its
+/// content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFile {
+    /// The file's name (`<containerID>_<ifname>.json`).
+    pub file_name: String,
+    /// The file's mtime (milliseconds since the Unix epoch), when known.
+    pub modified_ms: Option<u64>,
+    /// The record, or why it does not parse.
+    pub record: Result<EndpointRecord, String>,
+}
+
+/// The file name of an attachment's record.
+pub fn record_file_name(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}_{ifname}.json")
 }
 
 /// Errors reading or writing endpoint records.
@@ -82,31 +108,21 @@ impl EndpointStore {
     /// The file of one attachment. Container IDs and interface names are
     /// validated by the plugin, so neither contains a `/`.
     pub fn path_of(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.dir.join(format!("{container_id}_{ifname}.json"))
+        self.dir.join(record_file_name(container_id, ifname))
     }
 
     /// Writes a record atomically (temporary file, then rename).
     pub fn write(&self, rec: &EndpointRecord) -> Result<(), EndpointError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| EndpointError::Io { path, source }
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| EndpointError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
         let path = self.path_of(&rec.container_id, &rec.ifname);
-        let tmp = self.dir.join(format!(
-            ".{}_{}.tmp.{}",
-            rec.container_id,
-            rec.ifname,
-            std::process::id()
-        ));
         let body = serde_json::to_vec_pretty(rec).map_err(|e| EndpointError::Corrupt {
             path: path.clone(),
             source: e,
         })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&body).map_err(io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        write_atomic(&path, &body, 0o644).map_err(|source| EndpointError::Io { path, source })
     }
 
     /// Reads one record; `None` when there is none.
@@ -124,10 +140,10 @@ impl EndpointStore {
     /// this attachment.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), EndpointError> {
         let path = self.path_of(container_id, ifname);
-        let tmp_prefix = format!(".{container_id}_{ifname}.tmp.");
+        let file_name = record_file_name(container_id, ifname);
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+                if is_temp_of(&entry.file_name().to_string_lossy(), &file_name) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
@@ -173,6 +189,49 @@ impl EndpointStore {
         }
         Ok(out)
     }
+
+    /// Every record file with its name and mtime, skipping temporary files;
+    /// a file that does not parse is listed with the reason.
+    pub fn list_files(&self) -> Result<Vec<RecordFile>, EndpointError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(EndpointError::Io {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| EndpointError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with('.') || !file_name.ends_with(".json") {
+                continue;
+            }
+            let modified_ms = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| u64::try_from(d.as_millis()).ok());
+            let record = match read_record(&entry.path()) {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => continue,
+                Err(e) => Err(e.to_string()),
+            };
+            out.push(RecordFile {
+                file_name,
+                modified_ms,
+                record,
+            });
+        }
+        Ok(out)
+    }
 }
 
 fn read_record(path: &Path) -> Result<Option<EndpointRecord>, EndpointError> {
@@ -206,10 +265,11 @@ mod tests {
             pod_namespace: Some("default".into()),
             pod_name: Some("web".into()),
             netns: "/var/run/netns/x".into(),
-            host_iface: "tab0123456789ab".into(),
+            host_iface: HostIface::parse("tab0123456789ab").unwrap(),
             host_ifindex: 7,
             mac: "02:00:00:00:00:01".into(),
             ips: vec!["10.0.0.5/32".parse().unwrap()],
+            created_ms: None,
         }
     }
 
@@ -223,10 +283,10 @@ mod tests {
         assert_eq!(store.read("a", "eth0").unwrap(), Some(rec("a")));
         assert_eq!(store.list().unwrap().len(), 2);
         // A writer killed between creating its temporary file and the rename.
-        std::fs::write(store.dir().join(".a_eth0.tmp.4242"), b"{partial").unwrap();
+        std::fs::write(store.dir().join("a_eth0.json.tmp.4242.0"), b"{partial").unwrap();
         store.remove("a", "eth0").unwrap();
         store.remove("a", "eth0").unwrap();
-        assert!(!store.dir().join(".a_eth0.tmp.4242").exists());
+        assert!(!store.dir().join("a_eth0.json.tmp.4242.0").exists());
         assert_eq!(store.read("a", "eth0").unwrap(), None);
         assert_eq!(store.list().unwrap().len(), 1);
     }

@@ -3,6 +3,7 @@
 //! blocks file and the agent socket protocol.
 
 pub mod agent;
+pub mod atomic;
 pub mod endpoint;
 pub mod ipam;
 pub mod naming;

@@ -61,6 +61,80 @@ pub fn is_workload_iface(name: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit())
 }
 
+/// A host-side workload interface name, parsed: tabby's prefix followed by
+/// hex digits, exactly [`IFNAME_MAX`] bytes (what [`host_veth_name`] makes).
+/// Anything else (`lo`, `tabx; flush ruleset`, `tab{}`, 16+ bytes) does not
+/// parse, so a name that reaches nftables or a route is always one tabby made.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct HostIface(String);
+
+/// Why a name is not a workload interface name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a tabby workload interface name (\"{VETH_PREFIX}\" and {hex} hex digits, {IFNAME_MAX} bytes)", hex = IFNAME_MAX - VETH_PREFIX.len())]
+pub struct HostIfaceError {
+    /// The refused name (truncated to 64 bytes for logs).
+    pub name: String,
+}
+
+impl HostIface {
+    /// Parses a name; see the type's documentation.
+    pub fn parse(name: &str) -> Result<Self, HostIfaceError> {
+        if is_workload_iface(name) {
+            Ok(HostIface(name.to_string()))
+        } else {
+            let mut shown: String = name.chars().take(64).collect();
+            if shown.len() < name.len() {
+                shown.push('…');
+            }
+            Err(HostIfaceError { name: shown })
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HostIface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for HostIface {
+    type Err = HostIfaceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        HostIface::parse(s)
+    }
+}
+
+impl AsRef<str> for HostIface {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for HostIface {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl From<HostIface> for String {
+    fn from(h: HostIface) -> String {
+        h.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HostIface {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HostIface::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -116,6 +190,26 @@ mod tests {
         octets[1] = 0x80;
         octets[8..].copy_from_slice(&iid);
         assert_eq!(GATEWAY_V6, Ipv6Addr::from(octets));
+    }
+
+    #[test]
+    fn a_host_iface_parses_only_names_tabby_makes() {
+        let made = host_veth_name(Some(("default", "web-0")), "abc", "eth0");
+        assert_eq!(HostIface::parse(&made).unwrap().as_str(), made);
+        for bad in [
+            "lo",
+            "tabx; flush ruleset",
+            "tab{}",
+            "tab0123456789abc",
+            "tab0123456789a",
+            "tab0123456789a\"",
+            "",
+        ] {
+            assert!(HostIface::parse(bad).is_err(), "{bad:?}");
+        }
+        let json: Result<HostIface, _> = serde_json::from_str("\"tabx; flush ruleset\"");
+        assert!(json.is_err());
+        assert!(serde_json::from_str::<HostIface>(&format!("\"{made}\"")).is_ok());
     }
 
     #[test]

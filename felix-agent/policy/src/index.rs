@@ -18,6 +18,8 @@
 mod compile;
 mod members;
 mod pod;
+
+pub use self::pod::key_of as pod_key;
 mod selector;
 mod sets;
 
@@ -108,6 +110,73 @@ impl PolicyIndex {
         fresh.take_changes();
         *self = fresh;
         self.changes = changes;
+    }
+
+    /// Replaces every pod with `pods` (a watcher's list of the kind):
+    /// pods not in it are deleted, the others applied. Only what really
+    /// changed is reported in [`Changes`].
+    pub fn reset_pods(&mut self, pods: Vec<Pod>) {
+        let keep: BTreeSet<PodKey> = pods.iter().filter_map(pod::key_of).collect();
+        self.retain_pods(|k| keep.contains(k));
+        for pod in pods {
+            self.apply_pod(pod);
+        }
+    }
+
+    /// Deletes every pod for which `keep` is false (the end of a list
+    /// delivered piecewise, whose pods came as `apply_pod`).
+    pub fn retain_pods(&mut self, mut keep: impl FnMut(&PodKey) -> bool) {
+        let gone: Vec<PodKey> = self.pod_keys().filter(|k| !keep(k)).collect();
+        for key in gone {
+            self.delete_pod(&key);
+        }
+    }
+
+    /// Replaces every namespace with `namespaces`.
+    pub fn reset_namespaces(&mut self, namespaces: Vec<Namespace>) {
+        let keep: BTreeSet<String> = namespaces
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        self.retain_namespaces(|n| keep.contains(n));
+        for ns in namespaces {
+            self.apply_namespace(ns);
+        }
+    }
+
+    /// Deletes every namespace for which `keep` is false.
+    pub fn retain_namespaces(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let gone: Vec<String> = self
+            .namespaces
+            .keys()
+            .filter(|n| !keep(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.delete_namespace(&name);
+        }
+    }
+
+    /// Replaces every NetworkPolicy with `policies`.
+    pub fn reset_policies(&mut self, policies: Vec<NetworkPolicy>) {
+        let keep: BTreeSet<(String, String)> = policies.iter().filter_map(policy_key).collect();
+        self.retain_policies(|ns, name| keep.contains(&(ns.to_string(), name.to_string())));
+        for np in policies {
+            self.apply_policy(np);
+        }
+    }
+
+    /// Deletes every NetworkPolicy for which `keep(namespace, name)` is false.
+    pub fn retain_policies(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        let gone: Vec<(String, String)> = self
+            .policies
+            .iter()
+            .flat_map(|(ns, m)| m.keys().map(move |n| (ns.clone(), n.clone())))
+            .filter(|(ns, n)| !keep(ns, n))
+            .collect();
+        for (ns, name) in gone {
+            self.delete_policy(&ns, &name);
+        }
     }
 
     /// Adds or updates a pod.

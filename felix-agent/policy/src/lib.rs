@@ -7,5 +7,5 @@ pub mod index;
 pub mod model;
 pub mod validate;
 
-pub use index::{IndexStats, PolicyIndex};
+pub use index::{IndexStats, PolicyIndex, pod_key};
 pub use model::*;

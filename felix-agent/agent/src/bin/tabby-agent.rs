@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args as _, CommandFactory, FromArgMatches, Parser};
-use tabby_agent::agent::{self, Agent, AgentConfig};
+use tabby_agent::agent::{self, AgentConfig};
 use tabby_agent::datastore::dir::DirDatastore;
 use tabby_agent::datastore::kube::KubeDatastore;
 use tabby_agent::install::{self, InstallConfig, Outcome};
@@ -211,17 +211,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let agent = Agent::new(
-        AgentConfig {
-            node_name: args.node_name,
-            run_dir: args.run_dir.clone(),
-            data_dir: args.data_dir,
-            bgp_port: (!args.no_bgp).then_some(args.bgp_port),
-            asn: args.bgp_asn,
-        },
-        metrics,
-    );
-    agent::run(agent, ev_rx, req_rx, stop_rx).await;
+    let cfg = AgentConfig {
+        node_name: args.node_name,
+        run_dir: args.run_dir.clone(),
+        data_dir: args.data_dir,
+        bgp_port: (!args.no_bgp).then_some(args.bgp_port),
+        asn: args.bgp_asn,
+    };
+    agent::run(cfg, metrics, ev_rx, req_rx, stop_rx).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -59,9 +59,8 @@ impl Cluster {
     pub fn write(&self, file: &str, yaml: &str) {
         // Write then rename, as `kubectl apply` tooling would: the agent
         // never sees half a file.
-        let tmp = self.manifests().join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.manifests().join(file)).unwrap();
+        tabby_common::atomic::write_atomic(&self.manifests().join(file), yaml.as_bytes(), 0o644)
+            .unwrap();
     }
 
     pub fn remove(&self, file: &str) {

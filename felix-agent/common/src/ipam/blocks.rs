@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::atomic::write_atomic;
+use crate::atomic::write_atomic;
 
 /// The blocks file's name inside the data directory.
 pub const BLOCKS_FILE_NAME: &str = "blocks.json";

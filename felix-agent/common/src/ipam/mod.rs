@@ -6,7 +6,6 @@
 //!   concurrent plugin runs and `kill -9`, reset on reboot.
 //! - [`blocks`]: the blocks file the agent writes and the plugin reads.
 
-mod atomic;
 pub mod blocks;
 pub mod state;
 pub mod store;

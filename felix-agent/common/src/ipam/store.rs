@@ -137,8 +137,8 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::de::Error as _;
 
-use super::atomic::{is_temp_of, write_atomic};
 use super::state::{IpamError, IpamState, Snapshot, SnapshotRef};
+use crate::atomic::{is_temp_of, write_atomic};
 
 mod journal;
 

@@ -138,6 +138,18 @@ pub(crate) fn parse_protocol(p: Option<&str>) -> Option<Protocol> {
     }
 }
 
+/// The key of a pod (namespace `default` when absent, as the API server
+/// would have set it); `None` without a name.
+pub fn key_of(pod: &Pod) -> Option<PodKey> {
+    let name = pod.metadata.name.clone()?;
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    Some(PodKey::new(namespace, name))
+}
+
 /// The name and effective labels of a namespace (with the name label
 /// added when missing); `None` when it has no name.
 pub(crate) fn namespace_labels(ns: &Namespace) -> Option<(String, Labels)> {

@@ -151,16 +151,10 @@ pub fn stop_process(pid: i32, grace: Duration) {
 /// Writes `bytes` to `path` through a temporary file and a rename, so that
 /// readers (the agents' datastore) never see half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("a file path has a parent")?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("a file path has a name")?;
-    // A dot file: the datastore skips those, so the temporary is never read.
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    // The temporary (`<name>.tmp.<pid>.<n>`) does not end in a manifest
+    // extension, so the datastore never reads it.
+    tabby_common::atomic::write_atomic(path, bytes, 0o644)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Removes a file; a missing file is fine.

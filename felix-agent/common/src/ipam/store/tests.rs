@@ -947,8 +947,8 @@ fn legacy_transact<T>(store: &IpamStore, f: impl FnOnce(&mut IpamState) -> T) ->
     for entry in fs::read_dir(&store.dir).unwrap().flatten() {
         let name = entry.file_name();
         let name = name.to_str().unwrap();
-        if crate::ipam::atomic::is_temp_of(name, "k8s-pod-network.json")
-            || crate::ipam::atomic::is_temp_of(name, "k8s-pod-network.boot")
+        if crate::atomic::is_temp_of(name, "k8s-pod-network.json")
+            || crate::atomic::is_temp_of(name, "k8s-pod-network.boot")
         {
             fs::remove_file(entry.path()).unwrap();
         }
@@ -960,7 +960,7 @@ fn legacy_transact<T>(store: &IpamStore, f: impl FnOnce(&mut IpamState) -> T) ->
     if state.revision() != revision {
         let mut bytes = serde_json::to_vec(&state).unwrap();
         bytes.push(b'\n');
-        crate::ipam::atomic::write_atomic(store.state_path(), &bytes, 0o600).unwrap();
+        crate::atomic::write_atomic(store.state_path(), &bytes, 0o600).unwrap();
     }
     value
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod e2e;
 mod incremental;
+mod reset;
 mod semantics;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,4 +1,6 @@
-//! Atomic file replacement shared by the state store and the blocks file.
+//! Atomic file replacement: the one helper every writer in the workspace
+//! uses (IPAM state, blocks file, endpoint records, agent status, CNI
+//! settings, installed files).
 //!
 //! A reader must see either the old or the new content, whatever instant a
 //! writer is killed at: the content goes to a temporary file in the same
@@ -18,7 +20,19 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 const TMP_INFIX: &str = ".tmp.";
 
 /// Replaces `path` with `bytes`; the new file gets `mode` (less the umask).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write(path, bytes, mode, false)
+}
+
+/// Like [`write_atomic`], and durable: the content is on disk before the
+/// rename, the rename on disk before returning, and the mode is exactly
+/// `mode` (for files that must survive a power loss whole, such as an
+/// installed plugin binary that kubelet would exec).
+pub fn write_atomic_durable(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write(path, bytes, mode, true)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         // Not create_new: a killed writer's temp may carry our pid and counter
@@ -30,12 +44,24 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
             .mode(mode)
             .open(&tmp)?;
         file.write_all(bytes)?;
+        if durable {
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            file.sync_all()?;
+        }
         drop(file);
+        // Replacing a running binary by rename is fine (its inode lives on
+        // until the last exec ends); writing into it would fail (ETXTBSY).
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
         // Best effort: a leftover temp is harmless and cleaned up later.
         let _ = fs::remove_file(&tmp);
+    } else if durable
+        && let Some(dir) = path.parent()
+        && let Ok(d) = fs::File::open(dir)
+    {
+        // The rename itself durable; failing here changes nothing visible.
+        let _ = d.sync_all();
     }
     result
 }
@@ -50,7 +76,7 @@ fn temp_path(path: &Path) -> PathBuf {
 /// True when `candidate` is a temp file name that `write_atomic` makes for
 /// `file_name`. Strict (`<file_name>.tmp.<digits>.<digits>`), so that it can
 /// never match another network's state file, whose names may contain dots.
-pub(crate) fn is_temp_of(candidate: &str, file_name: &str) -> bool {
+pub fn is_temp_of(candidate: &str, file_name: &str) -> bool {
     let Some(rest) = candidate
         .strip_prefix(file_name)
         .and_then(|r| r.strip_prefix(TMP_INFIX))
