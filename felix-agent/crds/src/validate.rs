@@ -26,6 +26,18 @@ fn as_number(n: u32, path: Path) -> Vec<FieldError> {
     }
 }
 
+/// A required string: `Required value` when empty, else each message of
+/// `check` as `Invalid value`.
+fn required_and(path: Path, value: &str, check: fn(&str) -> Vec<String>) -> Vec<FieldError> {
+    if value.is_empty() {
+        return vec![FieldError::required(path, "")];
+    }
+    check(value)
+        .into_iter()
+        .map(|m| FieldError::invalid(path.clone(), BadValue::Str(value.to_string()), m))
+        .collect()
+}
+
 /// A BGPPeer: name, `peerIP` an address, `asNumber` 1..4294967295, `node`
 /// a node name, `password` an inline key of at most 80 bytes or a
 /// `secretKeyRef` with a Secret name and key.
@@ -62,32 +74,8 @@ pub fn bgp_peer(p: &BGPPeer) -> Vec<FieldError> {
         Some(BgpPassword::Inline(_)) => {}
         Some(BgpPassword::SecretKeyRef { secret_key_ref: r }) => {
             let path = spec.child("password").child("secretKeyRef");
-            if r.name.is_empty() {
-                errs.push(FieldError::required(path.child("name"), ""));
-            }
-            for m in dns1123_subdomain(&r.name)
-                .into_iter()
-                .filter(|_| !r.name.is_empty())
-            {
-                errs.push(FieldError::invalid(
-                    path.child("name"),
-                    BadValue::Str(r.name.clone()),
-                    m,
-                ));
-            }
-            if r.key.is_empty() {
-                errs.push(FieldError::required(path.child("key"), ""));
-            }
-            for m in config_map_key(&r.key)
-                .into_iter()
-                .filter(|_| !r.key.is_empty())
-            {
-                errs.push(FieldError::invalid(
-                    path.child("key"),
-                    BadValue::Str(r.key.clone()),
-                    m,
-                ));
-            }
+            errs.extend(required_and(path.child("name"), &r.name, dns1123_subdomain));
+            errs.extend(required_and(path.child("key"), &r.key, config_map_key));
         }
     }
     errs
